@@ -1,0 +1,126 @@
+// The kernels' host-facing interface: encode, decode and attend over the
+// paged packed cache of one (session, layer), and merge partial attention.
+//
+// One interface, two implementations: kernels/cpu (always built; the
+// readable reference) and kernels/cuda (built when CUDA is found). Both
+// execute the same planner::LayerPlan on the same byte layout
+// (planner/packed_layout.md), so a cache written by one can be read by the
+// other once its pages are copied.
+//
+// Storage model: a (session, layer) owns a list of pages of `page_tokens`
+// tokens each; token t lives in page t / page_tokens, slot t % page_tokens;
+// inside a page, KV head h's records are contiguous at
+// planner::MakePageLayout(plan, page_tokens).head_offsets[h]. Page memory
+// belongs to the caller (host memory for the CPU backend, device memory for
+// CUDA); the backend only reads and writes it.
+//
+// Thread safety: a Backend may be called from several threads at once as
+// long as no two calls write the same tokens.
+#ifndef ROPEKV_KERNELS_BACKEND_H_
+#define ROPEKV_KERNELS_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "planner/plan.h"
+
+namespace ropekv::kernels {
+
+// The pages of one (session, layer).
+struct PagedLayerView {
+  uint8_t* const* pages = nullptr;  // [num_pages] page base pointers
+  int64_t num_pages = 0;
+  int page_tokens = 0;              // tokens per page (>= 1)
+  int64_t num_tokens = 0;           // tokens currently valid
+};
+
+// Decode attention of q_len query positions of every query head of the
+// layer over tokens [token_begin, token_end) of the packed cache.
+struct AttentionParams {
+  // [num_q_heads, q_len, head_dim] fp32, post-RoPE, original dim order.
+  // Query head h*group + g reads KV head h (HF GQA convention).
+  const float* queries = nullptr;
+  // Query heads of the layer: a positive multiple of the plan's KV heads.
+  int num_q_heads = 0;
+  int q_len = 1;
+  // When causal, query position i sees tokens t <= causal_offset + i (for a
+  // decoder whose last q_len cached tokens are the queries' own:
+  // causal_offset = num_tokens - q_len).
+  bool causal = false;
+  int64_t causal_offset = 0;
+  // Multiplies q.k before the softmax (usually 1/sqrt(head_dim)).
+  float scale = 1.0f;
+  // Token range; token_end < 0 means num_tokens. Ranges let a caller split
+  // the work and merge the partial results with MergeStates.
+  int64_t token_begin = 0;
+  int64_t token_end = -1;
+  // [num_q_heads, q_len, head_dim] fp32: softmax-weighted values.
+  float* out = nullptr;
+  // [num_q_heads, q_len] fp32: log-sum-exp of the scaled logits (natural
+  // log); -inf with out = 0 where a query sees no token.
+  float* lse = nullptr;
+};
+
+// Combines partial attention states over disjoint token ranges:
+//   M = max_c lse_c; w_c = exp(lse_c - M);
+//   out = sum_c w_c out_c / sum_c w_c; lse = M + log(sum_c w_c).
+struct MergeParams {
+  absl::Span<const float* const> partial_out;  // each [rows, head_dim]
+  absl::Span<const float* const> partial_lse;  // each [rows]
+  int64_t rows = 0;
+  int head_dim = 0;
+  float* out = nullptr;  // [rows, head_dim]; may alias no input
+  float* lse = nullptr;  // [rows]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // "cpu" or "cuda".
+  virtual const char* name() const = 0;
+
+  // Encodes tokens [first_token, first_token + num_tokens) of one layer:
+  // keys with the per-block widths of the plan, values at the plan's
+  // uniform width. keys/values: [num_kv_heads, num_tokens, head_dim] fp32.
+  // REQUIRES: the pages cover first_token + num_tokens tokens.
+  // INVALID_ARGUMENT for NaN/Inf input or a norm beyond fp16 range, or a
+  // bad range; then no record is left half-written that a reader could see
+  // (num_tokens is the caller's to advance).
+  virtual absl::Status EncodeLayer(const planner::LayerPlan& plan,
+                                   const PagedLayerView& cache,
+                                   int64_t first_token, const float* keys,
+                                   const float* values, int64_t num_tokens) = 0;
+
+  // Dequantizes tokens [first_token, first_token + num_tokens) into
+  // keys/values [num_kv_heads, num_tokens, head_dim] fp32 (either may be
+  // null to skip it). OUT_OF_RANGE when the range exceeds num_tokens.
+  virtual absl::Status DecodeLayer(const planner::LayerPlan& plan,
+                                   const PagedLayerView& cache,
+                                   int64_t first_token, int64_t num_tokens,
+                                   float* keys, float* values) = 0;
+
+  // Attention over the packed cache, reading only codes and norms.
+  // INVALID_ARGUMENT for q_len < 1, num_q_heads not a multiple of the KV
+  // heads, or null buffers; OUT_OF_RANGE for a
+  // token range outside [0, num_tokens].
+  virtual absl::Status Attend(const planner::LayerPlan& plan,
+                              const PagedLayerView& cache,
+                              const AttentionParams& params) = 0;
+
+  virtual absl::Status MergeStates(const MergeParams& params) = 0;
+};
+
+struct CpuBackendOptions {
+  // Worker threads for attention and encode (0 = hardware concurrency).
+  int num_threads = 0;
+};
+
+// The CPU reference backend (kernels/cpu).
+std::unique_ptr<Backend> CreateCpuBackend(const CpuBackendOptions& options = {});
+
+}  // namespace ropekv::kernels
+
+#endif  // ROPEKV_KERNELS_BACKEND_H_

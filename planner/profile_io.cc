@@ -1,0 +1,249 @@
+#include "planner/profile_io.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace ropekv::planner {
+namespace {
+
+namespace pb = ::ropekv::v1;
+
+std::string FloatsToBytes(const std::vector<float>& v) {
+  // Little-endian on every platform ropekv builds for (x86-64, aarch64).
+  static_assert(sizeof(float) == 4);
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4);
+}
+
+std::vector<float> BytesToFloats(const std::string& s) {
+  std::vector<float> v(s.size() / 4);
+  if (!v.empty()) std::memcpy(v.data(), s.data(), v.size() * 4);
+  return v;
+}
+
+void CodebookToProto(const Codebook& c, pb::Codebook* out) {
+  out->set_bits(c.bits);
+  out->set_dim(c.dim);
+  for (float x : c.centroids) out->add_centroids(x);
+  for (float x : c.boundaries) out->add_boundaries(x);
+}
+
+Codebook CodebookFromProto(const pb::Codebook& c) {
+  Codebook out;
+  out.bits = static_cast<int>(c.bits());
+  out.dim = static_cast<int>(c.dim());
+  out.centroids.assign(c.centroids().begin(), c.centroids().end());
+  out.boundaries.assign(c.boundaries().begin(), c.boundaries().end());
+  return out;
+}
+
+// Caps unsigned fields into int without wrapping (validation rejects them).
+int ToInt(uint64_t v) { return v > (1u << 30) ? (1 << 30) : static_cast<int>(v); }
+
+}  // namespace
+
+pb::Profile ProfileToProto(const ModelProfile& p) {
+  pb::Profile out;
+  out.set_format_version(kProfileFormatVersion);
+  out.set_name(p.name);
+  pb::ModelGeometry* g = out.mutable_geometry();
+  g->set_num_layers(p.geometry.num_layers);
+  g->set_num_q_heads(p.geometry.num_q_heads);
+  g->set_num_kv_heads(p.geometry.num_kv_heads);
+  g->set_head_dim(p.geometry.head_dim);
+  g->set_rope_layout(p.geometry.rope_layout == RopeLayout::kSplitHalf
+                         ? pb::ROPE_LAYOUT_SPLIT_HALF
+                         : pb::ROPE_LAYOUT_INTERLEAVED);
+  g->set_rotary_dim(p.geometry.rotary_dim);
+  g->set_rope_theta(p.geometry.rope_theta);
+  pb::Budget* b = out.mutable_budget();
+  b->set_key_avg_bits(p.budget.key_avg_bits);
+  b->set_value_bits(p.budget.value_bits);
+  b->set_min_bits(p.budget.min_bits);
+  b->set_max_bits(p.budget.max_bits);
+  b->set_score(p.budget.score == ScoreKind::kEnergy ? pb::SCORE_KIND_ENERGY
+                                                    : pb::SCORE_KIND_LOGIT);
+  b->set_seed(p.budget.seed);
+  b->set_min_rotation_dim(p.budget.min_rotation_dim);
+  for (const LayerPlan& layer : p.layers) {
+    pb::LayerPlan* lp = out.add_layers();
+    for (const HeadPlan& h : layer.heads) {
+      pb::HeadPlan* hp = lp->add_heads();
+      for (int x : h.block_bits) hp->add_block_bits(x);
+      for (int x : h.permutation) hp->add_permutation(x);
+      for (const KeyGroupPlan& kg : h.key_groups) {
+        pb::KeyGroup* k = hp->add_key_groups();
+        k->set_bits(kg.bits);
+        k->set_offset(kg.offset);
+        k->set_dim(kg.dim);
+        k->set_rotation_seed(kg.rotation_seed);
+        k->set_rotation(FloatsToBytes(kg.rotation));
+        CodebookToProto(kg.codebook, k->mutable_codebook());
+      }
+      hp->set_value_bits(h.value_bits);
+      hp->set_value_rotation_seed(h.value_rotation_seed);
+      hp->set_value_rotation(FloatsToBytes(h.value_rotation));
+      CodebookToProto(h.value_codebook, hp->mutable_value_codebook());
+      pb::TokenLayout* l = hp->mutable_layout();
+      l->set_key_norms_offset(h.layout.key_norms_offset);
+      l->set_value_norm_offset(h.layout.value_norm_offset);
+      l->set_key_codes_offset(h.layout.key_codes_offset);
+      l->set_key_code_bits(h.layout.key_code_bits);
+      l->set_value_codes_offset(h.layout.value_codes_offset);
+      l->set_value_code_bits(h.layout.value_code_bits);
+      l->set_record_bytes(h.layout.record_bytes);
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<ModelProfile> ProfileFromProto(const pb::Profile& in) {
+  if (in.format_version() != kProfileFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "profile.format_version: expected ", kProfileFormatVersion, ", got ",
+        in.format_version()));
+  }
+  ModelProfile p;
+  p.name = in.name();
+  const pb::ModelGeometry& g = in.geometry();
+  p.geometry.num_layers = ToInt(g.num_layers());
+  p.geometry.num_q_heads = ToInt(g.num_q_heads());
+  p.geometry.num_kv_heads = ToInt(g.num_kv_heads());
+  p.geometry.head_dim = ToInt(g.head_dim());
+  switch (g.rope_layout()) {
+    case pb::ROPE_LAYOUT_SPLIT_HALF:
+      p.geometry.rope_layout = RopeLayout::kSplitHalf;
+      break;
+    case pb::ROPE_LAYOUT_INTERLEAVED:
+      p.geometry.rope_layout = RopeLayout::kInterleaved;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          "profile.geometry.rope_layout: expected SPLIT_HALF or INTERLEAVED");
+  }
+  p.geometry.rotary_dim = ToInt(g.rotary_dim());
+  p.geometry.rope_theta = g.rope_theta();
+  if (absl::Status s = ValidateGeometry(p.geometry); !s.ok()) return s;
+  const pb::Budget& b = in.budget();
+  p.budget.key_avg_bits = b.key_avg_bits();
+  p.budget.value_bits = ToInt(b.value_bits());
+  p.budget.min_bits = ToInt(b.min_bits());
+  p.budget.max_bits = ToInt(b.max_bits());
+  switch (b.score()) {
+    case pb::SCORE_KIND_ENERGY:
+      p.budget.score = ScoreKind::kEnergy;
+      break;
+    case pb::SCORE_KIND_LOGIT:
+      p.budget.score = ScoreKind::kLogit;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          "profile.budget.score: expected ENERGY or LOGIT");
+  }
+  p.budget.seed = b.seed();
+  p.budget.min_rotation_dim = ToInt(b.min_rotation_dim());
+  // Bound the sizes before copying anything large.
+  if (in.layers_size() != p.geometry.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("profile.layers: expected ", p.geometry.num_layers,
+                     ", got ", in.layers_size()));
+  }
+  for (const pb::LayerPlan& lp : in.layers()) {
+    if (lp.heads_size() != p.geometry.num_kv_heads) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("profile.layers[].heads: expected ",
+                       p.geometry.num_kv_heads, ", got ", lp.heads_size()));
+    }
+    LayerPlan layer;
+    for (const pb::HeadPlan& hp : lp.heads()) {
+      HeadPlan h;
+      h.head_dim = p.geometry.head_dim;
+      for (uint32_t x : hp.block_bits()) h.block_bits.push_back(ToInt(x));
+      for (uint32_t x : hp.permutation()) h.permutation.push_back(ToInt(x));
+      for (const pb::KeyGroup& k : hp.key_groups()) {
+        KeyGroupPlan kg;
+        kg.bits = ToInt(k.bits());
+        kg.offset = ToInt(k.offset());
+        kg.dim = ToInt(k.dim());
+        kg.rotation_seed = k.rotation_seed();
+        kg.rotation = BytesToFloats(k.rotation());
+        kg.codebook = CodebookFromProto(k.codebook());
+        h.key_groups.push_back(std::move(kg));
+      }
+      // Derived, not trusted from the file: recomputed from the groups.
+      int code_bits = 0;
+      for (KeyGroupPlan& kg : h.key_groups) {
+        kg.code_bit_offset = code_bits;
+        code_bits += kg.dim * kg.bits;
+      }
+      h.value_bits = ToInt(hp.value_bits());
+      h.value_rotation_seed = hp.value_rotation_seed();
+      h.value_rotation = BytesToFloats(hp.value_rotation());
+      h.value_codebook = CodebookFromProto(hp.value_codebook());
+      const pb::TokenLayout& l = hp.layout();
+      h.layout.key_norms_offset = ToInt(l.key_norms_offset());
+      h.layout.value_norm_offset = ToInt(l.value_norm_offset());
+      h.layout.key_codes_offset = ToInt(l.key_codes_offset());
+      h.layout.key_code_bits = ToInt(l.key_code_bits());
+      h.layout.value_codes_offset = ToInt(l.value_codes_offset());
+      h.layout.value_code_bits = ToInt(l.value_code_bits());
+      h.layout.record_bytes = ToInt(l.record_bytes());
+      layer.heads.push_back(std::move(h));
+    }
+    p.layers.push_back(std::move(layer));
+  }
+  if (absl::Status s = ValidateProfile(p); !s.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("profile: ", s.message()));
+  }
+  return p;
+}
+
+absl::Status SaveProfile(const ModelProfile& profile, const std::string& path) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "cannot write ", tmp, ": ", std::strerror(errno)));
+    }
+    if (!ProfileToProto(profile).SerializeToOstream(&out) || !out.flush()) {
+      std::remove(tmp.c_str());
+      return absl::InternalError(absl::StrCat("writing ", tmp, " failed"));
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp.c_str());
+    return absl::InternalError(
+        absl::StrCat("cannot rename ", tmp, " to ", path, ": ", std::strerror(err)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelProfile> LoadProfile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("cannot open profile ", path, ": ", std::strerror(errno)));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  pb::Profile proto;
+  if (!proto.ParseFromString(buffer.str())) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": not a valid ropekv.v1.Profile message"));
+  }
+  absl::StatusOr<ModelProfile> p = ProfileFromProto(proto);
+  if (!p.ok()) {
+    return absl::Status(p.status().code(),
+                        absl::StrCat(path, ": ", p.status().message()));
+  }
+  return p;
+}
+
+}  // namespace ropekv::planner

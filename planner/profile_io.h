@@ -1,0 +1,40 @@
+// Conversion of a ModelProfile to and from the versioned protobuf message
+// ropekv.v1.Profile, and its file form.
+//
+// Everything read is validated (ValidateProfile) before it is returned, so a
+// truncated or tampered file gives an error, never a plan that would decode
+// garbage.
+//
+// Thread safety: pure functions.
+#ifndef ROPEKV_PLANNER_PROFILE_IO_H_
+#define ROPEKV_PLANNER_PROFILE_IO_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "planner/plan.h"
+#include "ropekv/v1/profile.pb.h"
+
+namespace ropekv::planner {
+
+// The format_version this build writes and reads.
+inline constexpr uint32_t kProfileFormatVersion = 1;
+
+ropekv::v1::Profile ProfileToProto(const ModelProfile& profile);
+
+// INVALID_ARGUMENT for a malformed or inconsistent message;
+// FAILED_PRECONDITION for a format_version this build does not know.
+absl::StatusOr<ModelProfile> ProfileFromProto(const ropekv::v1::Profile& proto);
+
+// Writes atomically (temporary file, then rename). Errors from the file
+// system map to INTERNAL/PERMISSION_DENIED/NOT_FOUND.
+absl::Status SaveProfile(const ModelProfile& profile, const std::string& path);
+
+// NOT_FOUND when the file is missing; DATA_LOSS when it is not a parseable
+// profile; otherwise as ProfileFromProto.
+absl::StatusOr<ModelProfile> LoadProfile(const std::string& path);
+
+}  // namespace ropekv::planner
+
+#endif  // ROPEKV_PLANNER_PROFILE_IO_H_
