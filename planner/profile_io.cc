@@ -1,5 +1,6 @@
 #include "planner/profile_io.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -7,6 +8,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "zlib.h"
 
 namespace ropekv::planner {
 namespace {
@@ -39,6 +41,17 @@ Codebook CodebookFromProto(const pb::Codebook& c) {
   out.centroids.assign(c.centroids().begin(), c.centroids().end());
   out.boundaries.assign(c.boundaries().begin(), c.boundaries().end());
   return out;
+}
+
+uint32_t Crc32(const std::string& bytes) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  // zlib takes at most uInt bytes per call.
+  for (size_t pos = 0; pos < bytes.size(); pos += 1u << 30) {
+    const size_t n = std::min<size_t>(bytes.size() - pos, 1u << 30);
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + pos),
+                static_cast<uInt>(n));
+  }
+  return static_cast<uint32_t>(crc);
 }
 
 // Caps unsigned fields into int without wrapping (validation rejects them).
@@ -211,7 +224,12 @@ absl::Status SaveProfile(const ModelProfile& profile, const std::string& path) {
       return absl::PermissionDeniedError(absl::StrCat(
           "cannot write ", tmp, ": ", std::strerror(errno)));
     }
-    if (!ProfileToProto(profile).SerializeToOstream(&out) || !out.flush()) {
+    pb::ProfileFile file;
+    if (!ProfileToProto(profile).SerializeToString(file.mutable_profile())) {
+      return absl::InternalError("profile: serialization failed");
+    }
+    file.set_crc32(Crc32(file.profile()));
+    if (!file.SerializeToOstream(&out) || !out.flush()) {
       std::remove(tmp.c_str());
       return absl::InternalError(absl::StrCat("writing ", tmp, " failed"));
     }
@@ -233,8 +251,17 @@ absl::StatusOr<ModelProfile> LoadProfile(const std::string& path) {
   }
   std::stringstream buffer;
   buffer << in.rdbuf();
+  pb::ProfileFile file;
+  if (!file.ParseFromString(buffer.str()) || file.profile().empty()) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": not a ropekv.v1.ProfileFile (truncated or corrupted)"));
+  }
+  if (Crc32(file.profile()) != file.crc32()) {
+    return absl::DataLossError(absl::StrCat(
+        path, ": checksum mismatch (the file is truncated or corrupted)"));
+  }
   pb::Profile proto;
-  if (!proto.ParseFromString(buffer.str())) {
+  if (!proto.ParseFromString(file.profile())) {
     return absl::DataLossError(
         absl::StrCat(path, ": not a valid ropekv.v1.Profile message"));
   }

@@ -27,12 +27,14 @@ ropekv::v1::Profile ProfileToProto(const ModelProfile& profile);
 // FAILED_PRECONDITION for a format_version this build does not know.
 absl::StatusOr<ModelProfile> ProfileFromProto(const ropekv::v1::Profile& proto);
 
-// Writes atomically (temporary file, then rename). Errors from the file
+// Writes a ropekv.v1.ProfileFile (the profile plus its CRC-32) atomically
+// (temporary file, then rename). Errors from the file
 // system map to INTERNAL/PERMISSION_DENIED/NOT_FOUND.
 absl::Status SaveProfile(const ModelProfile& profile, const std::string& path);
 
-// NOT_FOUND when the file is missing; DATA_LOSS when it is not a parseable
-// profile; otherwise as ProfileFromProto.
+// NOT_FOUND when the file is missing; DATA_LOSS when it is truncated,
+// corrupted (checksum mismatch) or not a profile; otherwise as
+// ProfileFromProto.
 absl::StatusOr<ModelProfile> LoadProfile(const std::string& path);
 
 }  // namespace ropekv::planner
