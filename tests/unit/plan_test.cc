@@ -55,6 +55,23 @@ TEST(PlanTest, PermutationGroupsAndLayout) {
   EXPECT_DOUBLE_EQ(p->key_bits_per_dim(), 2.25);
 }
 
+TEST(PlanTest, WorkedExampleOfPackedLayoutDoc) {
+  // planner/packed_layout.md: head_dim 128, 20 blocks at 2 bits, 24 at 3,
+  // 20 at 4, V 3 bits.
+  std::vector<int> bits(64, 3);
+  for (int i = 0; i < 20; ++i) bits[i] = 2;
+  for (int i = 44; i < 64; ++i) bits[i] = 4;
+  Budget budget;
+  HeadPlan p = *BuildHeadPlan(*RopeBlocks(Geo(128)), bits, budget, 0, 0);
+  ASSERT_EQ(p.key_groups.size(), 3u);
+  EXPECT_EQ(p.layout.value_norm_offset, 6);
+  EXPECT_EQ(p.layout.key_codes_offset, 8);
+  EXPECT_EQ(p.key_groups[1].code_bit_offset, 80);
+  EXPECT_EQ(p.key_groups[2].code_bit_offset, 224);
+  EXPECT_EQ(p.layout.value_codes_offset, 56);
+  EXPECT_EQ(p.layout.record_bytes, 104);
+}
+
 TEST(PlanTest, ByteCountMatchesFormulaForRandomAllocations) {
   std::mt19937 gen(3);
   std::lognormal_distribution<double> score(0, 2);
