@@ -59,29 +59,88 @@ int ToInt(uint64_t v) { return v > (1u << 30) ? (1 << 30) : static_cast<int>(v);
 
 }  // namespace
 
+void GeometryToProto(const ModelGeometry& geometry, pb::ModelGeometry* g) {
+  g->set_num_layers(geometry.num_layers);
+  g->set_num_q_heads(geometry.num_q_heads);
+  g->set_num_kv_heads(geometry.num_kv_heads);
+  g->set_head_dim(geometry.head_dim);
+  g->set_rope_layout(geometry.rope_layout == RopeLayout::kSplitHalf
+                         ? pb::ROPE_LAYOUT_SPLIT_HALF
+                         : pb::ROPE_LAYOUT_INTERLEAVED);
+  g->set_rotary_dim(geometry.rotary_dim);
+  g->set_rope_theta(geometry.rope_theta);
+}
+
+void BudgetToProto(const Budget& budget, pb::Budget* b) {
+  b->set_key_avg_bits(budget.key_avg_bits);
+  b->set_value_bits(budget.value_bits);
+  b->set_min_bits(budget.min_bits);
+  b->set_max_bits(budget.max_bits);
+  b->set_score(budget.score == ScoreKind::kEnergy ? pb::SCORE_KIND_ENERGY
+                                                  : pb::SCORE_KIND_LOGIT);
+  b->set_seed(budget.seed);
+  b->set_min_rotation_dim(budget.min_rotation_dim);
+}
+
+absl::StatusOr<ModelGeometry> GeometryFromProto(const pb::ModelGeometry& g) {
+  ModelGeometry out;
+  out.num_layers = ToInt(g.num_layers());
+  out.num_q_heads = ToInt(g.num_q_heads());
+  out.num_kv_heads = ToInt(g.num_kv_heads());
+  out.head_dim = ToInt(g.head_dim());
+  switch (g.rope_layout()) {
+    case pb::ROPE_LAYOUT_SPLIT_HALF:
+      out.rope_layout = RopeLayout::kSplitHalf;
+      break;
+    case pb::ROPE_LAYOUT_INTERLEAVED:
+      out.rope_layout = RopeLayout::kInterleaved;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          "geometry.rope_layout: expected SPLIT_HALF or INTERLEAVED");
+  }
+  out.rotary_dim = ToInt(g.rotary_dim());
+  out.rope_theta = g.rope_theta();
+  if (absl::Status s = ValidateGeometry(out); !s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<Budget> BudgetFromProto(const pb::Budget& b, bool apply_defaults) {
+  Budget out;
+  out.key_avg_bits = b.key_avg_bits();
+  out.value_bits = ToInt(b.value_bits());
+  out.min_bits = ToInt(b.min_bits());
+  out.max_bits = ToInt(b.max_bits());
+  out.seed = b.seed();
+  out.min_rotation_dim = ToInt(b.min_rotation_dim());
+  switch (b.score()) {
+    case pb::SCORE_KIND_ENERGY:
+      out.score = ScoreKind::kEnergy;
+      break;
+    case pb::SCORE_KIND_LOGIT:
+      out.score = ScoreKind::kLogit;
+      break;
+    default:
+      if (!apply_defaults) {
+        return absl::InvalidArgumentError("budget.score: expected ENERGY or LOGIT");
+      }
+      out.score = ScoreKind::kLogit;
+  }
+  if (apply_defaults) {
+    if (out.min_bits == 0) out.min_bits = 1;
+    if (out.max_bits == 0) out.max_bits = 8;
+    if (out.seed == 0) out.seed = kDefaultSeed;
+  }
+  if (absl::Status s = ValidateBudget(out); !s.ok()) return s;
+  return out;
+}
+
 pb::Profile ProfileToProto(const ModelProfile& p) {
   pb::Profile out;
   out.set_format_version(kProfileFormatVersion);
   out.set_name(p.name);
-  pb::ModelGeometry* g = out.mutable_geometry();
-  g->set_num_layers(p.geometry.num_layers);
-  g->set_num_q_heads(p.geometry.num_q_heads);
-  g->set_num_kv_heads(p.geometry.num_kv_heads);
-  g->set_head_dim(p.geometry.head_dim);
-  g->set_rope_layout(p.geometry.rope_layout == RopeLayout::kSplitHalf
-                         ? pb::ROPE_LAYOUT_SPLIT_HALF
-                         : pb::ROPE_LAYOUT_INTERLEAVED);
-  g->set_rotary_dim(p.geometry.rotary_dim);
-  g->set_rope_theta(p.geometry.rope_theta);
-  pb::Budget* b = out.mutable_budget();
-  b->set_key_avg_bits(p.budget.key_avg_bits);
-  b->set_value_bits(p.budget.value_bits);
-  b->set_min_bits(p.budget.min_bits);
-  b->set_max_bits(p.budget.max_bits);
-  b->set_score(p.budget.score == ScoreKind::kEnergy ? pb::SCORE_KIND_ENERGY
-                                                    : pb::SCORE_KIND_LOGIT);
-  b->set_seed(p.budget.seed);
-  b->set_min_rotation_dim(p.budget.min_rotation_dim);
+  GeometryToProto(p.geometry, out.mutable_geometry());
+  BudgetToProto(p.budget, out.mutable_budget());
   for (const LayerPlan& layer : p.layers) {
     pb::LayerPlan* lp = out.add_layers();
     for (const HeadPlan& h : layer.heads) {
@@ -122,43 +181,12 @@ absl::StatusOr<ModelProfile> ProfileFromProto(const pb::Profile& in) {
   }
   ModelProfile p;
   p.name = in.name();
-  const pb::ModelGeometry& g = in.geometry();
-  p.geometry.num_layers = ToInt(g.num_layers());
-  p.geometry.num_q_heads = ToInt(g.num_q_heads());
-  p.geometry.num_kv_heads = ToInt(g.num_kv_heads());
-  p.geometry.head_dim = ToInt(g.head_dim());
-  switch (g.rope_layout()) {
-    case pb::ROPE_LAYOUT_SPLIT_HALF:
-      p.geometry.rope_layout = RopeLayout::kSplitHalf;
-      break;
-    case pb::ROPE_LAYOUT_INTERLEAVED:
-      p.geometry.rope_layout = RopeLayout::kInterleaved;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          "profile.geometry.rope_layout: expected SPLIT_HALF or INTERLEAVED");
-  }
-  p.geometry.rotary_dim = ToInt(g.rotary_dim());
-  p.geometry.rope_theta = g.rope_theta();
-  if (absl::Status s = ValidateGeometry(p.geometry); !s.ok()) return s;
-  const pb::Budget& b = in.budget();
-  p.budget.key_avg_bits = b.key_avg_bits();
-  p.budget.value_bits = ToInt(b.value_bits());
-  p.budget.min_bits = ToInt(b.min_bits());
-  p.budget.max_bits = ToInt(b.max_bits());
-  switch (b.score()) {
-    case pb::SCORE_KIND_ENERGY:
-      p.budget.score = ScoreKind::kEnergy;
-      break;
-    case pb::SCORE_KIND_LOGIT:
-      p.budget.score = ScoreKind::kLogit;
-      break;
-    default:
-      return absl::InvalidArgumentError(
-          "profile.budget.score: expected ENERGY or LOGIT");
-  }
-  p.budget.seed = b.seed();
-  p.budget.min_rotation_dim = ToInt(b.min_rotation_dim());
+  absl::StatusOr<ModelGeometry> geometry = GeometryFromProto(in.geometry());
+  if (!geometry.ok()) return geometry.status();
+  p.geometry = *geometry;
+  absl::StatusOr<Budget> budget = BudgetFromProto(in.budget(), false);
+  if (!budget.ok()) return budget.status();
+  p.budget = *budget;
   // Bound the sizes before copying anything large.
   if (in.layers_size() != p.geometry.num_layers) {
     return absl::InvalidArgumentError(

@@ -23,6 +23,16 @@ inline constexpr uint32_t kProfileFormatVersion = 1;
 
 ropekv::v1::Profile ProfileToProto(const ModelProfile& profile);
 
+void GeometryToProto(const ModelGeometry& g, ropekv::v1::ModelGeometry* out);
+void BudgetToProto(const Budget& b, ropekv::v1::Budget* out);
+// INVALID_ARGUMENT naming the field when out of range.
+absl::StatusOr<ModelGeometry> GeometryFromProto(const ropekv::v1::ModelGeometry& g);
+// With `apply_defaults`, zero/unspecified min_bits, max_bits and score take
+// their defaults (1, 8, LOGIT) and seed 0 the default seed, as for a
+// client's request; a stored profile must carry every field.
+absl::StatusOr<Budget> BudgetFromProto(const ropekv::v1::Budget& b,
+                                       bool apply_defaults);
+
 // INVALID_ARGUMENT for a malformed or inconsistent message;
 // FAILED_PRECONDITION for a format_version this build does not know.
 absl::StatusOr<ModelProfile> ProfileFromProto(const ropekv::v1::Profile& proto);

@@ -1,0 +1,74 @@
+// ropekv-server: the KV-cache service.
+//
+//   ropekv-server --address=127.0.0.1:50051 --data_dir=/var/lib/ropekv
+//
+// Stops cleanly on SIGINT/SIGTERM: stops accepting calls, lets in-flight
+// calls finish within --shutdown_grace, then exits.
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/time/time.h"
+#include "service/log.h"
+#include "service/server.h"
+
+ABSL_FLAG(std::string, address, "127.0.0.1:50051", "host:port to listen on");
+ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
+ABSL_FLAG(int64_t, memory_bytes, int64_t{1} << 30, "Cache memory reserved at start");
+ABSL_FLAG(int64_t, page_bytes, 256 << 10, "Page size of the cache memory");
+ABSL_FLAG(int64_t, tenant_page_quota, 0, "Most pages one tenant may hold (0 = no limit)");
+ABSL_FLAG(std::string, data_dir, "", "Folder where profiles persist (empty: memory only)");
+ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest request/response message");
+ABSL_FLAG(std::string, token_file, "", "Bearer tokens -> tenants ('<token> <tenant>' lines)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain (with --tls_key: TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key");
+ABSL_FLAG(bool, allow_insecure_remote, false, "Allow plaintext on a non-loopback address");
+ABSL_FLAG(int, cpu_threads, 0, "CPU backend threads (0 = all cores)");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
+ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10), "Time in-flight calls get at shutdown");
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("ropekv-server: packed KV-cache service.\n  ropekv-server [--flags]");
+  absl::ParseCommandLine(argc, argv);
+  using namespace ropekv::service;
+  LogLevel level;
+  if (!ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    std::cerr << "ropekv-server: --log_level: expected debug, info, warning or error\n";
+    return 2;
+  }
+  SetLogLevel(level);
+
+  // Signals are taken synchronously by sigwait below, in this thread only.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  ServerOptions o;
+  o.address = absl::GetFlag(FLAGS_address);
+  o.backend = absl::GetFlag(FLAGS_backend);
+  o.memory_bytes = absl::GetFlag(FLAGS_memory_bytes);
+  o.page_bytes = absl::GetFlag(FLAGS_page_bytes);
+  o.tenant_page_quota = absl::GetFlag(FLAGS_tenant_page_quota);
+  o.data_dir = absl::GetFlag(FLAGS_data_dir);
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.token_file = absl::GetFlag(FLAGS_token_file);
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  o.allow_insecure_remote = absl::GetFlag(FLAGS_allow_insecure_remote);
+  o.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(o);
+  if (!server.ok()) {
+    Log(LogLevel::kError, "server_start_failed", {{"error", server.status().ToString()}});
+    return 1;
+  }
+  int sig = 0;
+  sigwait(&signals, &sig);
+  Log(LogLevel::kInfo, "signal", {{"signal", sig == SIGINT ? "SIGINT" : "SIGTERM"}});
+  (*server)->Shutdown(absl::GetFlag(FLAGS_shutdown_grace));
+  return 0;
+}

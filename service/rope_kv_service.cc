@@ -1,0 +1,641 @@
+#include "service/rope_kv_service.h"
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "planner/profile_io.h"
+#include "service/log.h"
+#include "proto/tensor_util.h"
+
+namespace ropekv::service {
+
+namespace pb = ::ropekv::v1;
+
+grpc::Status ToGrpcStatus(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+namespace {
+
+absl::Status WithField(const absl::Status& s, const std::string& prefix) {
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(prefix, s.message()));
+}
+
+void StatsToInfo(const SessionStats& s, const Session& session, pb::SessionInfo* info) {
+  info->set_session_id(s.session_id);
+  info->set_profile_id(s.profile_id);
+  for (int64_t t : s.layer_tokens) info->add_layer_tokens(t);
+  info->set_bytes_resident(s.bytes_resident);
+  info->set_bytes_fp16(s.bytes_fp16);
+  info->set_pages(s.pages);
+  info->set_idle_ttl_seconds(static_cast<uint32_t>(s.idle_ttl_seconds));
+  info->set_created_unix_ms(absl::ToUnixMillis(s.created));
+  info->set_last_used_unix_ms(absl::ToUnixMillis(s.last_used));
+}
+
+absl::Status CheckResponseSize(const google::protobuf::Message& m, int64_t limit) {
+  const size_t size = m.ByteSizeLong();
+  if (static_cast<int64_t>(size) > limit) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "response of ", size, " bytes exceeds the message limit of ", limit,
+        " bytes; ask for less per call"));
+  }
+  return absl::OkStatus();
+}
+
+// Runs `fn(tenant)` and finishes a unary call with its status.
+template <typename Fn>
+grpc::ServerUnaryReactor* Unary(const RopeKvService* service,
+                                grpc::CallbackServerContext* ctx, Fn fn) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  absl::StatusOr<std::string> tenant = service->TenantOf(ctx);
+  absl::Status s = tenant.ok() ? fn(*tenant) : tenant.status();
+  reactor->Finish(ToGrpcStatus(s));
+  return reactor;
+}
+
+// ---------------------------------------------------------------- CreateProfile
+
+class CreateProfileReactor final : public grpc::ServerReadReactor<pb::CreateProfileRequest> {
+ public:
+  CreateProfileReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx,
+                       pb::ProfileInfo* response)
+      : service_(service), ctx_(ctx), response_(response) {
+    absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
+    if (!tenant.ok()) {
+      Finish(ToGrpcStatus(tenant.status()));
+      return;
+    }
+    tenant_ = *tenant;
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(ToGrpcStatus(ctx_->IsCancelled() ? absl::CancelledError("cancelled") : Complete()));
+      return;
+    }
+    absl::Status s = Handle();
+    if (!s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Handle() {
+    if (request_.has_spec()) {
+      if (builder_ != nullptr) {
+        return absl::InvalidArgumentError("spec: expected only in the first message");
+      }
+      absl::StatusOr<std::unique_ptr<ProfileBuilder>> b = ProfileBuilder::Start(request_.spec());
+      if (!b.ok()) return b.status();
+      builder_ = *std::move(b);
+      return absl::OkStatus();
+    }
+    if (builder_ == nullptr) {
+      return absl::InvalidArgumentError("spec: expected in the first message");
+    }
+    if (!request_.has_calibration()) {
+      return absl::InvalidArgumentError("part: expected spec or calibration");
+    }
+    return builder_->AddCalibration(request_.calibration());
+  }
+
+  absl::Status Complete() {
+    if (builder_ == nullptr) return absl::InvalidArgumentError("spec: expected a spec message");
+    absl::StatusOr<planner::ModelProfile> profile = builder_->Finish();
+    if (!profile.ok()) return profile.status();
+    const std::string id = builder_->profile_id();
+    if (absl::Status s = service_->deps().profiles->Add(tenant_, id, *std::move(profile)); !s.ok()) {
+      return s;
+    }
+    absl::StatusOr<ProfileEntry> entry = service_->deps().profiles->Entry(tenant_, id);
+    if (!entry.ok()) return entry.status();
+    EntryToInfo(*entry, false, response_);
+    Log(LogLevel::kInfo, "profile_created", {{"tenant", tenant_}, {"profile_id", id}});
+    return absl::OkStatus();
+  }
+
+  const RopeKvService* service_;
+  grpc::CallbackServerContext* ctx_;
+  pb::ProfileInfo* response_;
+  std::string tenant_;
+  pb::CreateProfileRequest request_;
+  std::unique_ptr<ProfileBuilder> builder_;
+};
+
+// ---------------------------------------------------------------- Append
+
+class AppendReactor final : public grpc::ServerReadReactor<pb::AppendRequest> {
+ public:
+  AppendReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx,
+                pb::AppendResponse* response)
+      : service_(service), ctx_(ctx), response_(response) {
+    absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
+    if (!tenant.ok()) {
+      Finish(ToGrpcStatus(tenant.status()));
+      return;
+    }
+    tenant_ = *tenant;
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // End of the client's stream, or cancellation/deadline: only the
+      // former commits. An uncommitted transaction aborts in OnDone.
+      Finish(ToGrpcStatus(ctx_->IsCancelled() ? absl::CancelledError("append cancelled")
+                                              : Commit()));
+      return;
+    }
+    absl::Status s = Handle();
+    if (!s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Handle() {
+    if (txn_ == nullptr) {
+      if (absl::Status s = ValidateId(request_.session_id(), "session_id"); !s.ok()) return s;
+      absl::StatusOr<std::shared_ptr<Session>> session =
+          service_->deps().sessions->Find(tenant_, request_.session_id());
+      if (!session.ok()) return session.status();
+      absl::StatusOr<std::unique_ptr<AppendTxn>> txn =
+          AppendTxn::Begin(*session, service_->deps().backend);
+      if (!txn.ok()) return txn.status();
+      txn_ = *std::move(txn);
+    } else if (!request_.session_id().empty() &&
+               request_.session_id() != txn_->session().id()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "session_id: expected '", txn_->session().id(), "' (or empty) in later messages"));
+    }
+    const planner::ModelGeometry& g = txn_->session().profile().geometry;
+    if (request_.layer() >= static_cast<uint32_t>(g.num_layers)) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "layer: expected [0, ", g.num_layers, "), got ", request_.layer()));
+    }
+    absl::StatusOr<std::vector<float>> keys =
+        proto::TensorToFloats(request_.keys(), {g.num_kv_heads, -1, g.head_dim}, "keys");
+    if (!keys.ok()) return keys.status();
+    const int64_t tokens = request_.keys().shape(1);
+    absl::StatusOr<std::vector<float>> values =
+        proto::TensorToFloats(request_.values(), {g.num_kv_heads, tokens, g.head_dim}, "values");
+    if (!values.ok()) return values.status();
+    if (request_.token_start() > (uint64_t{1} << 40)) {
+      return absl::OutOfRangeError("token_start: too large");
+    }
+    return txn_->Add(static_cast<int>(request_.layer()),
+                     static_cast<int64_t>(request_.token_start()), keys->data(),
+                     values->data(), tokens);
+  }
+
+  absl::Status Commit() {
+    if (txn_ == nullptr) {
+      return absl::InvalidArgumentError("append: expected at least one message");
+    }
+    // A session dropped while the stream was open takes nothing.
+    absl::StatusOr<std::shared_ptr<Session>> current =
+        service_->deps().sessions->Find(tenant_, txn_->session().id());
+    if (!current.ok() || current->get() != &txn_->session()) {
+      return absl::NotFoundError(absl::StrCat(
+          "session '", txn_->session().id(), "' was dropped during the append"));
+    }
+    for (int64_t t : txn_->Commit()) response_->add_layer_tokens(t);
+    response_->set_tokens_appended(txn_->tokens_added());
+    return absl::OkStatus();
+  }
+
+  const RopeKvService* service_;
+  grpc::CallbackServerContext* ctx_;
+  pb::AppendResponse* response_;
+  std::string tenant_;
+  pb::AppendRequest request_;
+  std::unique_ptr<AppendTxn> txn_;
+};
+
+// ---------------------------------------------------------------- AttendStream
+
+class AttendStreamReactor final
+    : public grpc::ServerBidiReactor<pb::AttendRequest, pb::AttendResponse> {
+ public:
+  AttendStreamReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx)
+      : service_(service) {
+    absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
+    if (!tenant.ok()) {
+      Finish(ToGrpcStatus(tenant.status()));
+      return;
+    }
+    tenant_ = *tenant;
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    response_.Clear();
+    absl::Status s = service_->DoAttend(tenant_, request_, &response_);
+    if (!s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    StartWrite(&response_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  const RopeKvService* service_;
+  std::string tenant_;
+  pb::AttendRequest request_;
+  pb::AttendResponse response_;
+};
+
+// ---------------------------------------------------------------- Read
+
+class ReadReactor final : public grpc::ServerWriteReactor<pb::ReadResponse> {
+ public:
+  ReadReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx,
+              const pb::ReadRequest* request)
+      : service_(service), request_(*request) {
+    absl::Status s = Start(ctx);
+    if (!s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    Next();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "read cancelled"));
+      return;
+    }
+    Next();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Start(grpc::CallbackServerContext* ctx) {
+    absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
+    if (!tenant.ok()) return tenant.status();
+    if (absl::Status s = ValidateId(request_.session_id(), "session_id"); !s.ok()) return s;
+    absl::StatusOr<std::shared_ptr<Session>> session =
+        service_->deps().sessions->Find(*tenant, request_.session_id());
+    if (!session.ok()) return session.status();
+    session_ = *session;
+    session_->Touch();
+    const planner::ModelGeometry& g = session_->profile().geometry;
+    switch (request_.format()) {
+      case pb::READ_FORMAT_FP16:
+      case pb::READ_FORMAT_FP32:
+      case pb::READ_FORMAT_PACKED:
+        break;
+      default:
+        return absl::InvalidArgumentError("format: expected FP16, FP32 or PACKED");
+    }
+    for (uint32_t layer : request_.layers()) {
+      if (layer >= static_cast<uint32_t>(g.num_layers)) {
+        return absl::OutOfRangeError(absl::StrCat(
+            "layers: expected values in [0, ", g.num_layers, "), got ", layer));
+      }
+      layers_.push_back(static_cast<int>(layer));
+    }
+    if (layers_.empty()) {
+      for (int l = 0; l < g.num_layers; ++l) layers_.push_back(l);
+    }
+    // Snapshot every requested layer now, so the export is consistent.
+    for (int l : layers_) {
+      Session::LayerSnapshot snap = session_->Snapshot(l);
+      const int64_t end = request_.token_end() == 0
+                              ? snap.tokens
+                              : static_cast<int64_t>(std::min<uint64_t>(request_.token_end(), 1ull << 40));
+      const int64_t begin = static_cast<int64_t>(std::min<uint64_t>(request_.token_start(), 1ull << 40));
+      if (begin > end || end > snap.tokens) {
+        return absl::OutOfRangeError(absl::StrCat(
+            "token range [", begin, ", ", end, "): expected within layer ", l,
+            "'s ", snap.tokens, " tokens"));
+      }
+      ranges_.push_back({begin, end});
+      snapshots_.push_back(std::move(snap));
+    }
+    int64_t per_token = 0;
+    if (request_.format() == pb::READ_FORMAT_PACKED) {
+      for (const planner::HeadPlan& h : session_->profile().layers[0].heads) {
+        per_token = std::max<int64_t>(per_token, h.layout.record_bytes * g.num_kv_heads);
+      }
+    } else {
+      per_token = int64_t{2} * g.num_kv_heads * g.head_dim *
+                  (request_.format() == pb::READ_FORMAT_FP16 ? 2 : 4);
+    }
+    chunk_tokens_ = request_.chunk_tokens() > 0
+                        ? request_.chunk_tokens()
+                        : std::max<int64_t>(1, (1 << 20) / per_token);
+    if (chunk_tokens_ * per_token > service_->deps().max_message_bytes - 4096) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk_tokens: ", chunk_tokens_, " tokens exceed the message limit of ",
+          service_->deps().max_message_bytes, " bytes"));
+    }
+    send_plan_ = request_.format() == pb::READ_FORMAT_PACKED;
+    return absl::OkStatus();
+  }
+
+  void Next() {
+    response_.Clear();
+    if (send_plan_) {
+      send_plan_ = false;
+      *response_.mutable_plan() = planner::ProfileToProto(session_->profile());
+      StartWrite(&response_);
+      return;
+    }
+    while (index_ < layers_.size() && ranges_[index_].first >= ranges_[index_].second) {
+      ++index_;
+    }
+    if (index_ >= layers_.size()) {
+      Finish(grpc::Status::OK);
+      return;
+    }
+    absl::Status s = FillChunk();
+    if (!s.ok()) {
+      Finish(ToGrpcStatus(s));
+      return;
+    }
+    StartWrite(&response_);
+  }
+
+  absl::Status FillChunk() {
+    const int layer = layers_[index_];
+    auto& [begin, end] = ranges_[index_];
+    const int64_t n = std::min(chunk_tokens_, end - begin);
+    const planner::ModelGeometry& g = session_->profile().geometry;
+    const planner::LayerPlan& plan = session_->profile().layers[layer];
+    const kernels::PagedLayerView view = snapshots_[index_].view();
+    pb::ReadChunk* chunk = response_.mutable_chunk();
+    chunk->set_layer(layer);
+    chunk->set_token_start(begin);
+    chunk->set_tokens(static_cast<uint32_t>(n));
+    if (request_.format() == pb::READ_FORMAT_PACKED) {
+      const planner::PageLayout pl = planner::MakePageLayout(plan, view.page_tokens);
+      std::string* out = chunk->mutable_packed();
+      for (size_t h = 0; h < plan.heads.size(); ++h) {
+        const int rb = plan.heads[h].layout.record_bytes;
+        for (int64_t t = begin; t < begin + n; ++t) {
+          const uint8_t* rec = view.pages[t / view.page_tokens] + pl.head_offsets[h] +
+                               (t % view.page_tokens) * rb;
+          out->append(reinterpret_cast<const char*>(rec), rb);
+        }
+      }
+    } else {
+      std::vector<float> k(static_cast<size_t>(g.num_kv_heads) * n * g.head_dim);
+      std::vector<float> v(k.size());
+      absl::Status s = service_->deps().backend->DecodeLayer(plan, view, begin, n, k.data(), v.data());
+      if (!s.ok()) return s;
+      const pb::DType dtype =
+          request_.format() == pb::READ_FORMAT_FP16 ? pb::DTYPE_FP16 : pb::DTYPE_FP32;
+      const int64_t shape[] = {g.num_kv_heads, n, g.head_dim};
+      proto::FloatsToTensor(k, shape, dtype, chunk->mutable_keys());
+      proto::FloatsToTensor(v, shape, dtype, chunk->mutable_values());
+    }
+    begin += n;
+    return absl::OkStatus();
+  }
+
+  const RopeKvService* service_;
+  const pb::ReadRequest request_;
+  std::shared_ptr<Session> session_;
+  std::vector<int> layers_;
+  std::vector<std::pair<int64_t, int64_t>> ranges_;
+  std::vector<Session::LayerSnapshot> snapshots_;
+  int64_t chunk_tokens_ = 1;
+  size_t index_ = 0;
+  bool send_plan_ = false;
+  pb::ReadResponse response_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> RopeKvService::TenantOf(grpc::CallbackServerContext* ctx) const {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  const absl::string_view value =
+      it == md.end() ? absl::string_view() : absl::string_view(it->second.data(), it->second.size());
+  return deps_.auth->Authenticate(value);
+}
+
+absl::Status RopeKvService::DoAttend(const std::string& tenant, const pb::AttendRequest& req,
+                                     pb::AttendResponse* resp) const {
+  pb::DType out_dtype = req.output_dtype();
+  if (out_dtype == pb::DTYPE_UNSPECIFIED) out_dtype = pb::DTYPE_FP32;
+  if (out_dtype != pb::DTYPE_FP32 && out_dtype != pb::DTYPE_FP16) {
+    return absl::InvalidArgumentError("output_dtype: expected FP16 or FP32");
+  }
+  if (req.items_size() == 0) {
+    return absl::InvalidArgumentError("items: expected at least one item");
+  }
+  for (int i = 0; i < req.items_size(); ++i) {
+    const pb::AttendItem& item = req.items(i);
+    const std::string where = absl::StrCat("items[", i, "].");
+    if (absl::Status s = ValidateId(item.session_id(), where + "session_id"); !s.ok()) return s;
+    absl::StatusOr<std::shared_ptr<Session>> session =
+        deps_.sessions->Find(tenant, item.session_id());
+    if (!session.ok()) return WithField(session.status(), where);
+    const planner::ModelGeometry& g = (*session)->profile().geometry;
+    if (item.layer() >= static_cast<uint32_t>(g.num_layers)) {
+      return absl::OutOfRangeError(absl::StrCat(where, "layer: expected [0, ", g.num_layers,
+                                                "), got ", item.layer()));
+    }
+    absl::StatusOr<std::vector<float>> q =
+        proto::TensorToFloats(item.queries(), {g.num_q_heads, -1, g.head_dim}, where + "queries");
+    if (!q.ok()) return q.status();
+    const int64_t q_len = item.queries().shape(1);
+    if (q_len < 1 || q_len > 65536) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "queries.shape[1]: expected q_len in [1, 65536], got ", q_len));
+    }
+    if (!std::isfinite(item.scale())) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "scale: expected a finite value"));
+    }
+    std::vector<float> out(q->size()), lse(static_cast<size_t>(g.num_q_heads) * q_len);
+    kernels::AttentionParams p;
+    p.queries = q->data();
+    p.num_q_heads = g.num_q_heads;
+    p.q_len = static_cast<int>(q_len);
+    p.causal = item.has_causal_offset();
+    p.causal_offset = item.causal_offset();
+    p.scale = item.scale() != 0 ? item.scale() : 1.0f / std::sqrt(static_cast<float>(g.head_dim));
+    p.out = out.data();
+    p.lse = lse.data();
+    const Session::LayerSnapshot snap = (*session)->Snapshot(static_cast<int>(item.layer()));
+    absl::Status s = deps_.backend->Attend((*session)->profile().layers[item.layer()],
+                                           snap.view(), p);
+    if (!s.ok()) return WithField(s, where);
+    (*session)->Touch();
+    pb::AttendResult* r = resp->add_results();
+    const int64_t out_shape[] = {g.num_q_heads, q_len, g.head_dim};
+    const int64_t lse_shape[] = {g.num_q_heads, q_len};
+    proto::FloatsToTensor(out, out_shape, out_dtype, r->mutable_output());
+    proto::FloatsToTensor(lse, lse_shape, pb::DTYPE_FP32, r->mutable_lse());
+  }
+  return CheckResponseSize(*resp, deps_.max_message_bytes);
+}
+
+grpc::ServerReadReactor<pb::CreateProfileRequest>* RopeKvService::CreateProfile(
+    grpc::CallbackServerContext* ctx, pb::ProfileInfo* response) {
+  return new CreateProfileReactor(this, ctx, response);
+}
+
+grpc::ServerUnaryReactor* RopeKvService::GetProfile(grpc::CallbackServerContext* ctx,
+                                                    const pb::GetProfileRequest* req,
+                                                    pb::ProfileInfo* resp) {
+  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+    if (absl::Status s = ValidateId(req->profile_id(), "profile_id"); !s.ok()) return s;
+    absl::StatusOr<ProfileEntry> e = deps_.profiles->Entry(tenant, req->profile_id());
+    if (!e.ok()) return e.status();
+    EntryToInfo(*e, req->include_plan(), resp);
+    return CheckResponseSize(*resp, deps_.max_message_bytes);
+  });
+}
+
+grpc::ServerUnaryReactor* RopeKvService::ListProfiles(grpc::CallbackServerContext* ctx,
+                                                      const pb::ListProfilesRequest*,
+                                                      pb::ListProfilesResponse* resp) {
+  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+    for (const ProfileEntry& e : deps_.profiles->List(tenant)) {
+      EntryToInfo(e, false, resp->add_profiles());
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RopeKvService::DeleteProfile(grpc::CallbackServerContext* ctx,
+                                                       const pb::DeleteProfileRequest* req,
+                                                       pb::DeleteProfileResponse*) {
+  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+    if (absl::Status s = ValidateId(req->profile_id(), "profile_id"); !s.ok()) return s;
+    const int users = deps_.sessions->CountUsingProfile(tenant, req->profile_id());
+    if (users > 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "profile '", req->profile_id(), "' is used by ", users, " session(s)"));
+    }
+    absl::Status s = deps_.profiles->Delete(tenant, req->profile_id());
+    if (s.ok()) {
+      Log(LogLevel::kInfo, "profile_deleted", {{"tenant", tenant}, {"profile_id", req->profile_id()}});
+    }
+    return s;
+  });
+}
+
+grpc::ServerUnaryReactor* RopeKvService::CreateSession(grpc::CallbackServerContext* ctx,
+                                                       const pb::CreateSessionRequest* req,
+                                                       pb::SessionInfo* resp) {
+  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+    if (!req->session_id().empty()) {
+      if (absl::Status s = ValidateId(req->session_id(), "session_id"); !s.ok()) return s;
+    }
+    if (absl::Status s = ValidateId(req->profile_id(), "profile_id"); !s.ok()) return s;
+    if (req->sink_tokens() != 0 || req->window_tokens() != 0) {
+      return absl::UnimplementedError(
+          "sink_tokens/window_tokens: fp16 sink and window tokens are not supported by this "
+          "server version; expected 0");
+    }
+    absl::StatusOr<std::shared_ptr<const planner::ModelProfile>> profile =
+        deps_.profiles->Get(tenant, req->profile_id());
+    if (!profile.ok()) return profile.status();
+    SessionOptions options;
+    options.profile_id = req->profile_id();
+    options.idle_ttl_seconds = req->idle_ttl_seconds();
+    absl::StatusOr<std::shared_ptr<Session>> session =
+        deps_.sessions->Create(tenant, req->session_id(), options, *profile);
+    if (!session.ok()) return session.status();
+    StatsToInfo((*session)->Stats(), **session, resp);
+    Log(LogLevel::kInfo, "session_created",
+        {{"tenant", tenant}, {"session_id", (*session)->id()}, {"profile_id", req->profile_id()}});
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RopeKvService::GetSession(grpc::CallbackServerContext* ctx,
+                                                    const pb::GetSessionRequest* req,
+                                                    pb::SessionInfo* resp) {
+  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+    if (absl::Status s = ValidateId(req->session_id(), "session_id"); !s.ok()) return s;
+    absl::StatusOr<std::shared_ptr<Session>> session = deps_.sessions->Find(tenant, req->session_id());
+    if (!session.ok()) return session.status();
+    StatsToInfo((*session)->Stats(), **session, resp);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RopeKvService::ListSessions(grpc::CallbackServerContext* ctx,
+                                                      const pb::ListSessionsRequest*,
+                                                      pb::ListSessionsResponse* resp) {
+  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+    for (const std::shared_ptr<Session>& s : deps_.sessions->List(tenant)) {
+      StatsToInfo(s->Stats(), *s, resp->add_sessions());
+    }
+    return CheckResponseSize(*resp, deps_.max_message_bytes);
+  });
+}
+
+grpc::ServerUnaryReactor* RopeKvService::DropSession(grpc::CallbackServerContext* ctx,
+                                                     const pb::DropSessionRequest* req,
+                                                     pb::DropSessionResponse*) {
+  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+    if (absl::Status s = ValidateId(req->session_id(), "session_id"); !s.ok()) return s;
+    absl::Status s = deps_.sessions->Drop(tenant, req->session_id());
+    if (s.ok()) {
+      Log(LogLevel::kInfo, "session_dropped", {{"tenant", tenant}, {"session_id", req->session_id()}});
+    }
+    return s;
+  });
+}
+
+grpc::ServerReadReactor<pb::AppendRequest>* RopeKvService::Append(
+    grpc::CallbackServerContext* ctx, pb::AppendResponse* response) {
+  return new AppendReactor(this, ctx, response);
+}
+
+grpc::ServerUnaryReactor* RopeKvService::Attend(grpc::CallbackServerContext* ctx,
+                                                const pb::AttendRequest* req,
+                                                pb::AttendResponse* resp) {
+  return Unary(this, ctx, [&](const std::string& tenant) {
+    return DoAttend(tenant, *req, resp);
+  });
+}
+
+grpc::ServerBidiReactor<pb::AttendRequest, pb::AttendResponse>* RopeKvService::AttendStream(
+    grpc::CallbackServerContext* ctx) {
+  return new AttendStreamReactor(this, ctx);
+}
+
+grpc::ServerWriteReactor<pb::ReadResponse>* RopeKvService::Read(
+    grpc::CallbackServerContext* ctx, const pb::ReadRequest* request) {
+  return new ReadReactor(this, ctx, request);
+}
+
+}  // namespace ropekv::service

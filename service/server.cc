@@ -1,0 +1,149 @@
+#include "service/server.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "kernels/backend.h"
+#include "service/auth.h"
+#include "service/log.h"
+#include "service/page_pool.h"
+#include "service/profiles.h"
+#include "service/rope_kv_service.h"
+#include "service/sessions.h"
+
+namespace ropekv::service {
+namespace {
+
+bool IsLoopback(const std::string& address) {
+  return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
+         absl::StartsWith(address, "[::1]:") || absl::StartsWith(address, "unix:");
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
+  std::unique_ptr<Server> server(new Server());
+  const bool tls = !o.tls_cert_file.empty() || !o.tls_key_file.empty();
+  if (tls && (o.tls_cert_file.empty() || o.tls_key_file.empty())) {
+    return absl::InvalidArgumentError("tls_cert/tls_key: expected both or neither");
+  }
+  if (!tls && !IsLoopback(o.address) && !o.allow_insecure_remote) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "address ", o.address, " is not loopback: serve it with TLS (--tls_cert, --tls_key) "
+        "or pass --allow_insecure_remote"));
+  }
+  if (o.max_message_bytes < (1 << 20) || o.max_message_bytes > (int64_t{1} << 31) - 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_message_bytes: expected [1 MiB, 2 GiB), got ", o.max_message_bytes));
+  }
+  if (o.backend == "cuda") {
+    return absl::UnavailableError("backend cuda: this build has no CUDA backend yet");
+  }
+  if (o.backend != "auto" && o.backend != "cpu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("backend: expected auto, cpu or cuda, got '", o.backend, "'"));
+  }
+  server->backend_ = kernels::CreateCpuBackend({.num_threads = o.cpu_threads});
+
+  absl::StatusOr<std::unique_ptr<PagePool>> pool = PagePool::CreateHost(o.memory_bytes, o.page_bytes);
+  if (!pool.ok()) return pool.status();
+  server->pool_ = *std::move(pool);
+  server->pool_->set_tenant_quota(o.tenant_page_quota);
+
+  server->auth_ = std::make_unique<Authenticator>();
+  if (!o.token_file.empty()) {
+    absl::StatusOr<Authenticator> auth = Authenticator::LoadTokenFile(o.token_file);
+    if (!auth.ok()) return auth.status();
+    *server->auth_ = *std::move(auth);
+  }
+
+  server->profiles_ = std::make_unique<ProfileRegistry>(o.data_dir);
+  const auto [loaded, failed] = server->profiles_->LoadAll();
+  if (failed > 0) {
+    Log(LogLevel::kWarning, "profiles_unavailable",
+        {{"count", std::to_string(failed)}, {"data_dir", o.data_dir}});
+  }
+  server->sessions_ = std::make_unique<SessionStore>(server->pool_.get());
+
+  ServiceDeps deps;
+  deps.profiles = server->profiles_.get();
+  deps.sessions = server->sessions_.get();
+  deps.pool = server->pool_.get();
+  deps.backend = server->backend_.get();
+  deps.auth = server->auth_.get();
+  deps.max_message_bytes = o.max_message_bytes;
+  server->service_ = std::make_unique<RopeKvService>(deps);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
+  if (tls) {
+    absl::StatusOr<std::string> cert = ReadFile(o.tls_cert_file);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadFile(o.tls_key_file);
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    creds = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort(o.address, creds, &server->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(o.max_message_bytes));
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", o.address));
+  }
+  server->server_->GetHealthCheckService()->SetServingStatus(true);
+  server->janitor_ = std::thread([s = server.get()] {
+    while (!s->stop_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+      const int expired = s->sessions_->ExpireIdle(absl::Now());
+      if (expired > 0) {
+        Log(LogLevel::kInfo, "sessions_expired", {{"count", std::to_string(expired)}});
+      }
+    }
+  });
+  Log(LogLevel::kInfo, "server_started",
+      {{"address", o.address}, {"port", std::to_string(server->port_)},
+       {"backend", server->backend_->name()}, {"device", "host CPU"},
+       {"tls", tls ? "on" : "off"}, {"auth", server->auth_->enabled() ? "tokens" : "off"},
+       {"memory_bytes", std::to_string(server->pool_->total_pages() * o.page_bytes)},
+       {"page_bytes", std::to_string(o.page_bytes)},
+       {"profiles_loaded", std::to_string(loaded)},
+       {"profiles_unavailable", std::to_string(failed)}});
+  return server;
+}
+
+const char* Server::backend_name() const { return backend_->name(); }
+
+void Server::Shutdown(absl::Duration grace) {
+  if (stop_.HasBeenNotified()) return;
+  stop_.Notify();
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMicroseconds(grace));
+  if (janitor_.joinable()) janitor_.join();
+  Log(LogLevel::kInfo, "server_stopped", {{"port", std::to_string(port_)}});
+}
+
+void Server::Wait() { server_->Wait(); }
+
+Server::~Server() {
+  Shutdown(absl::ZeroDuration());
+  server_->Wait();
+}
+
+}  // namespace ropekv::service
