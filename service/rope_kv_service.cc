@@ -153,13 +153,15 @@ class AppendReactor final : public grpc::ServerReadReactor<pb::AppendRequest> {
   void OnReadDone(bool ok) override {
     if (!ok) {
       // End of the client's stream, or cancellation/deadline: only the
-      // former commits. An uncommitted transaction aborts in OnDone.
-      Finish(ToGrpcStatus(ctx_->IsCancelled() ? absl::CancelledError("append cancelled")
-                                              : Commit()));
+      // former commits.
+      absl::Status s = ctx_->IsCancelled() ? absl::CancelledError("append cancelled") : Commit();
+      txn_.reset();  // aborts unless committed, before the client hears back
+      Finish(ToGrpcStatus(s));
       return;
     }
     absl::Status s = Handle();
     if (!s.ok()) {
+      txn_.reset();
       Finish(ToGrpcStatus(s));
       return;
     }

@@ -97,9 +97,8 @@ AppendTxn::AppendTxn(std::shared_ptr<Session> session, kernels::Backend* backend
 }
 
 AppendTxn::~AppendTxn() {
-  if (!committed_) {
-    for (auto& pages : added_) session_->pool_->Free(pages, session_->tenant());
-  }
+  if (committed_) return;  // Commit already released the session
+  for (auto& pages : added_) session_->pool_->Free(pages, session_->tenant());
   absl::MutexLock lock(&session_->mu_);
   session_->append_open_ = false;
 }
@@ -152,6 +151,8 @@ std::vector<int64_t> AppendTxn::Commit() {
     lengths.push_back(layer.tokens);
   }
   session_->last_used_ = absl::Now();
+  // The next append may start as soon as the client sees this one's reply.
+  session_->append_open_ = false;
   committed_ = true;
   return lengths;
 }

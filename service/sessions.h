@@ -103,7 +103,8 @@ class AppendTxn {
   // ABORTED when another append to the session is open.
   static absl::StatusOr<std::unique_ptr<AppendTxn>> Begin(
       std::shared_ptr<Session> session, kernels::Backend* backend);
-  // Aborts unless committed: pages it took go back, the session is as before.
+  // Aborts unless committed: pages it took go back, the session is as before
+  // and takes the next append.
   ~AppendTxn();
 
   // Encodes tokens [token_start, token_start + num_tokens) of `layer`.
@@ -113,7 +114,9 @@ class AppendTxn {
   // INVALID_ARGUMENT for values the codec refuses.
   absl::Status Add(int layer, int64_t token_start, const float* keys,
                    const float* values, int64_t num_tokens);
-  // Makes every added token visible at once. Returns the committed lengths.
+  // Makes every added token visible at once and ends the transaction (the
+  // session takes the next append). Returns the committed lengths.
+  // REQUIRES: called at most once.
   std::vector<int64_t> Commit();
 
   int64_t tokens_added() const { return tokens_added_; }
