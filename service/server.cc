@@ -133,17 +133,20 @@ const char* Server::backend_name() const { return backend_->name(); }
 void Server::Shutdown(absl::Duration grace) {
   if (stop_.HasBeenNotified()) return;
   stop_.Notify();
+  if (server_ == nullptr) return;  // Start failed before serving
   server_->GetHealthCheckService()->SetServingStatus(false);
   server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMicroseconds(grace));
   if (janitor_.joinable()) janitor_.join();
   Log(LogLevel::kInfo, "server_stopped", {{"port", std::to_string(port_)}});
 }
 
-void Server::Wait() { server_->Wait(); }
+void Server::Wait() {
+  if (server_ != nullptr) server_->Wait();
+}
 
 Server::~Server() {
   Shutdown(absl::ZeroDuration());
-  server_->Wait();
+  Wait();
 }
 
 }  // namespace ropekv::service
