@@ -12,6 +12,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc      # the service and client
   nlohmann-json3-dev                        # safetensors headers (JSON)
   zlib1g-dev                                # CRC-32 of profile files
+  prometheus-cpp-dev                        # /metrics endpoint
   libgtest-dev libgmock-dev                 # tests
   libbenchmark-dev                          # benchmark programs
 )

@@ -51,25 +51,47 @@ absl::Status CheckResponseSize(const google::protobuf::Message& m, int64_t limit
 
 // Runs `fn(tenant)` and finishes a unary call with its status.
 template <typename Fn>
-grpc::ServerUnaryReactor* Unary(const RopeKvService* service,
+grpc::ServerUnaryReactor* Unary(const RopeKvService* service, const char* method,
                                 grpc::CallbackServerContext* ctx, Fn fn) {
+  const absl::Time start = absl::Now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   absl::StatusOr<std::string> tenant = service->TenantOf(ctx);
   absl::Status s = tenant.ok() ? fn(*tenant) : tenant.status();
-  reactor->Finish(ToGrpcStatus(s));
+  const grpc::Status status = ToGrpcStatus(s);
+  service->Record(method, start, status);
+  reactor->Finish(status);
   return reactor;
 }
 
+// Base of the streaming reactors: finishes once and records the call.
+template <typename Reactor>
+class Recorded : public Reactor {
+ protected:
+  Recorded(const RopeKvService* service, const char* method)
+      : service_(service), method_(method) {}
+  void FinishRecorded(const grpc::Status& status) {
+    service_->Record(method_, start_, status);
+    this->Finish(status);
+  }
+  void FinishRecorded(const absl::Status& status) { FinishRecorded(ToGrpcStatus(status)); }
+  const RopeKvService* service_;
+
+ private:
+  const char* method_;
+  const absl::Time start_ = absl::Now();
+};
+
 // ---------------------------------------------------------------- CreateProfile
 
-class CreateProfileReactor final : public grpc::ServerReadReactor<pb::CreateProfileRequest> {
+class CreateProfileReactor final
+    : public Recorded<grpc::ServerReadReactor<pb::CreateProfileRequest>> {
  public:
   CreateProfileReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx,
                        pb::ProfileInfo* response)
-      : service_(service), ctx_(ctx), response_(response) {
+      : Recorded(service, "CreateProfile"), ctx_(ctx), response_(response) {
     absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
     if (!tenant.ok()) {
-      Finish(ToGrpcStatus(tenant.status()));
+      FinishRecorded((tenant.status()));
       return;
     }
     tenant_ = *tenant;
@@ -78,12 +100,12 @@ class CreateProfileReactor final : public grpc::ServerReadReactor<pb::CreateProf
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      Finish(ToGrpcStatus(ctx_->IsCancelled() ? absl::CancelledError("cancelled") : Complete()));
+      FinishRecorded((ctx_->IsCancelled() ? absl::CancelledError("cancelled") : Complete()));
       return;
     }
     absl::Status s = Handle();
     if (!s.ok()) {
-      Finish(ToGrpcStatus(s));
+      FinishRecorded((s));
       return;
     }
     StartRead(&request_);
@@ -126,7 +148,6 @@ class CreateProfileReactor final : public grpc::ServerReadReactor<pb::CreateProf
     return absl::OkStatus();
   }
 
-  const RopeKvService* service_;
   grpc::CallbackServerContext* ctx_;
   pb::ProfileInfo* response_;
   std::string tenant_;
@@ -136,14 +157,14 @@ class CreateProfileReactor final : public grpc::ServerReadReactor<pb::CreateProf
 
 // ---------------------------------------------------------------- Append
 
-class AppendReactor final : public grpc::ServerReadReactor<pb::AppendRequest> {
+class AppendReactor final : public Recorded<grpc::ServerReadReactor<pb::AppendRequest>> {
  public:
   AppendReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx,
                 pb::AppendResponse* response)
-      : service_(service), ctx_(ctx), response_(response) {
+      : Recorded(service, "Append"), ctx_(ctx), response_(response) {
     absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
     if (!tenant.ok()) {
-      Finish(ToGrpcStatus(tenant.status()));
+      FinishRecorded((tenant.status()));
       return;
     }
     tenant_ = *tenant;
@@ -156,13 +177,13 @@ class AppendReactor final : public grpc::ServerReadReactor<pb::AppendRequest> {
       // former commits.
       absl::Status s = ctx_->IsCancelled() ? absl::CancelledError("append cancelled") : Commit();
       txn_.reset();  // aborts unless committed, before the client hears back
-      Finish(ToGrpcStatus(s));
+      FinishRecorded((s));
       return;
     }
     absl::Status s = Handle();
     if (!s.ok()) {
       txn_.reset();
-      Finish(ToGrpcStatus(s));
+      FinishRecorded((s));
       return;
     }
     StartRead(&request_);
@@ -219,10 +240,14 @@ class AppendReactor final : public grpc::ServerReadReactor<pb::AppendRequest> {
     }
     for (int64_t t : txn_->Commit()) response_->add_layer_tokens(t);
     response_->set_tokens_appended(txn_->tokens_added());
+    if (service_->deps().metrics != nullptr) {
+      const planner::ModelGeometry& g = txn_->session().profile().geometry;
+      service_->deps().metrics->AddIngested(
+          txn_->tokens_added(), txn_->tokens_added() * g.num_kv_heads * g.head_dim * 4);
+    }
     return absl::OkStatus();
   }
 
-  const RopeKvService* service_;
   grpc::CallbackServerContext* ctx_;
   pb::AppendResponse* response_;
   std::string tenant_;
@@ -233,13 +258,13 @@ class AppendReactor final : public grpc::ServerReadReactor<pb::AppendRequest> {
 // ---------------------------------------------------------------- AttendStream
 
 class AttendStreamReactor final
-    : public grpc::ServerBidiReactor<pb::AttendRequest, pb::AttendResponse> {
+    : public Recorded<grpc::ServerBidiReactor<pb::AttendRequest, pb::AttendResponse>> {
  public:
   AttendStreamReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx)
-      : service_(service) {
+      : Recorded(service, "AttendStream") {
     absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
     if (!tenant.ok()) {
-      Finish(ToGrpcStatus(tenant.status()));
+      FinishRecorded((tenant.status()));
       return;
     }
     tenant_ = *tenant;
@@ -248,13 +273,13 @@ class AttendStreamReactor final
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status::OK);
+      FinishRecorded(grpc::Status::OK);
       return;
     }
     response_.Clear();
     absl::Status s = service_->DoAttend(tenant_, request_, &response_);
     if (!s.ok()) {
-      Finish(ToGrpcStatus(s));
+      FinishRecorded((s));
       return;
     }
     StartWrite(&response_);
@@ -262,7 +287,7 @@ class AttendStreamReactor final
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
+      FinishRecorded(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
       return;
     }
     StartRead(&request_);
@@ -271,7 +296,6 @@ class AttendStreamReactor final
   void OnDone() override { delete this; }
 
  private:
-  const RopeKvService* service_;
   std::string tenant_;
   pb::AttendRequest request_;
   pb::AttendResponse response_;
@@ -279,14 +303,14 @@ class AttendStreamReactor final
 
 // ---------------------------------------------------------------- Read
 
-class ReadReactor final : public grpc::ServerWriteReactor<pb::ReadResponse> {
+class ReadReactor final : public Recorded<grpc::ServerWriteReactor<pb::ReadResponse>> {
  public:
   ReadReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx,
               const pb::ReadRequest* request)
-      : service_(service), request_(*request) {
+      : Recorded(service, "Read"), request_(*request) {
     absl::Status s = Start(ctx);
     if (!s.ok()) {
-      Finish(ToGrpcStatus(s));
+      FinishRecorded((s));
       return;
     }
     Next();
@@ -294,7 +318,7 @@ class ReadReactor final : public grpc::ServerWriteReactor<pb::ReadResponse> {
 
   void OnWriteDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "read cancelled"));
+      FinishRecorded(grpc::Status(grpc::StatusCode::CANCELLED, "read cancelled"));
       return;
     }
     Next();
@@ -379,12 +403,12 @@ class ReadReactor final : public grpc::ServerWriteReactor<pb::ReadResponse> {
       ++index_;
     }
     if (index_ >= layers_.size()) {
-      Finish(grpc::Status::OK);
+      FinishRecorded(grpc::Status::OK);
       return;
     }
     absl::Status s = FillChunk();
     if (!s.ok()) {
-      Finish(ToGrpcStatus(s));
+      FinishRecorded((s));
       return;
     }
     StartWrite(&response_);
@@ -427,7 +451,6 @@ class ReadReactor final : public grpc::ServerWriteReactor<pb::ReadResponse> {
     return absl::OkStatus();
   }
 
-  const RopeKvService* service_;
   const pb::ReadRequest request_;
   std::shared_ptr<Session> session_;
   std::vector<int> layers_;
@@ -440,6 +463,12 @@ class ReadReactor final : public grpc::ServerWriteReactor<pb::ReadResponse> {
 };
 
 }  // namespace
+
+void RopeKvService::Record(const char* method, absl::Time start,
+                           const grpc::Status& status) const {
+  if (deps_.metrics == nullptr) return;
+  deps_.metrics->RecordRpc(method, status.error_code(), absl::Now() - start);
+}
 
 absl::StatusOr<std::string> RopeKvService::TenantOf(grpc::CallbackServerContext* ctx) const {
   const auto& md = ctx->client_metadata();
@@ -514,7 +543,7 @@ grpc::ServerReadReactor<pb::CreateProfileRequest>* RopeKvService::CreateProfile(
 grpc::ServerUnaryReactor* RopeKvService::GetProfile(grpc::CallbackServerContext* ctx,
                                                     const pb::GetProfileRequest* req,
                                                     pb::ProfileInfo* resp) {
-  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+  return Unary(this, "GetProfile", ctx, [&](const std::string& tenant) -> absl::Status {
     if (absl::Status s = ValidateId(req->profile_id(), "profile_id"); !s.ok()) return s;
     absl::StatusOr<ProfileEntry> e = deps_.profiles->Entry(tenant, req->profile_id());
     if (!e.ok()) return e.status();
@@ -526,7 +555,7 @@ grpc::ServerUnaryReactor* RopeKvService::GetProfile(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* RopeKvService::ListProfiles(grpc::CallbackServerContext* ctx,
                                                       const pb::ListProfilesRequest*,
                                                       pb::ListProfilesResponse* resp) {
-  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+  return Unary(this, "ListProfiles", ctx, [&](const std::string& tenant) -> absl::Status {
     for (const ProfileEntry& e : deps_.profiles->List(tenant)) {
       EntryToInfo(e, false, resp->add_profiles());
     }
@@ -537,7 +566,7 @@ grpc::ServerUnaryReactor* RopeKvService::ListProfiles(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* RopeKvService::DeleteProfile(grpc::CallbackServerContext* ctx,
                                                        const pb::DeleteProfileRequest* req,
                                                        pb::DeleteProfileResponse*) {
-  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+  return Unary(this, "DeleteProfile", ctx, [&](const std::string& tenant) -> absl::Status {
     if (absl::Status s = ValidateId(req->profile_id(), "profile_id"); !s.ok()) return s;
     const int users = deps_.sessions->CountUsingProfile(tenant, req->profile_id());
     if (users > 0) {
@@ -555,7 +584,7 @@ grpc::ServerUnaryReactor* RopeKvService::DeleteProfile(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* RopeKvService::CreateSession(grpc::CallbackServerContext* ctx,
                                                        const pb::CreateSessionRequest* req,
                                                        pb::SessionInfo* resp) {
-  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+  return Unary(this, "CreateSession", ctx, [&](const std::string& tenant) -> absl::Status {
     if (!req->session_id().empty()) {
       if (absl::Status s = ValidateId(req->session_id(), "session_id"); !s.ok()) return s;
     }
@@ -584,7 +613,7 @@ grpc::ServerUnaryReactor* RopeKvService::CreateSession(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* RopeKvService::GetSession(grpc::CallbackServerContext* ctx,
                                                     const pb::GetSessionRequest* req,
                                                     pb::SessionInfo* resp) {
-  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+  return Unary(this, "GetSession", ctx, [&](const std::string& tenant) -> absl::Status {
     if (absl::Status s = ValidateId(req->session_id(), "session_id"); !s.ok()) return s;
     absl::StatusOr<std::shared_ptr<Session>> session = deps_.sessions->Find(tenant, req->session_id());
     if (!session.ok()) return session.status();
@@ -596,7 +625,7 @@ grpc::ServerUnaryReactor* RopeKvService::GetSession(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* RopeKvService::ListSessions(grpc::CallbackServerContext* ctx,
                                                       const pb::ListSessionsRequest*,
                                                       pb::ListSessionsResponse* resp) {
-  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+  return Unary(this, "ListSessions", ctx, [&](const std::string& tenant) -> absl::Status {
     for (const std::shared_ptr<Session>& s : deps_.sessions->List(tenant)) {
       StatsToInfo(s->Stats(), *s, resp->add_sessions());
     }
@@ -607,7 +636,7 @@ grpc::ServerUnaryReactor* RopeKvService::ListSessions(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* RopeKvService::DropSession(grpc::CallbackServerContext* ctx,
                                                      const pb::DropSessionRequest* req,
                                                      pb::DropSessionResponse*) {
-  return Unary(this, ctx, [&](const std::string& tenant) -> absl::Status {
+  return Unary(this, "DropSession", ctx, [&](const std::string& tenant) -> absl::Status {
     if (absl::Status s = ValidateId(req->session_id(), "session_id"); !s.ok()) return s;
     absl::Status s = deps_.sessions->Drop(tenant, req->session_id());
     if (s.ok()) {
@@ -625,7 +654,7 @@ grpc::ServerReadReactor<pb::AppendRequest>* RopeKvService::Append(
 grpc::ServerUnaryReactor* RopeKvService::Attend(grpc::CallbackServerContext* ctx,
                                                 const pb::AttendRequest* req,
                                                 pb::AttendResponse* resp) {
-  return Unary(this, ctx, [&](const std::string& tenant) {
+  return Unary(this, "Attend", ctx, [&](const std::string& tenant) {
     return DoAttend(tenant, *req, resp);
   });
 }

@@ -19,6 +19,7 @@
 #include "kernels/backend.h"
 #include "ropekv/v1/service.grpc.pb.h"
 #include "service/auth.h"
+#include "service/metrics.h"
 #include "service/page_pool.h"
 #include "service/profiles.h"
 #include "service/sessions.h"
@@ -34,6 +35,8 @@ struct ServiceDeps {
   PagePool* pool = nullptr;
   kernels::Backend* backend = nullptr;
   const Authenticator* auth = nullptr;
+  // RPC counts and latencies, ingest counters (null: not recorded).
+  Metrics* metrics = nullptr;
   // Largest response message; larger ones fail with RESOURCE_EXHAUSTED.
   int64_t max_message_bytes = 64 << 20;
 };
@@ -80,6 +83,8 @@ class RopeKvService final : public ropekv::v1::RopeKv::CallbackService {
   absl::Status DoAttend(const std::string& tenant, const ropekv::v1::AttendRequest& request,
                         ropekv::v1::AttendResponse* response) const;
   const ServiceDeps& deps() const { return deps_; }
+  // Counts a finished call and its latency.
+  void Record(const char* method, absl::Time start, const grpc::Status& status) const;
 
  private:
   ServiceDeps deps_;

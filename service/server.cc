@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "service/auth.h"
 #include "service/log.h"
+#include "service/metrics.h"
 #include "service/page_pool.h"
 #include "service/profiles.h"
 #include "service/rope_kv_service.h"
@@ -78,12 +79,21 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   }
   server->sessions_ = std::make_unique<SessionStore>(server->pool_.get());
 
+  if (o.metrics_address.empty()) {
+    server->metrics_ = std::make_unique<Metrics>();
+  } else {
+    absl::StatusOr<std::unique_ptr<Metrics>> m = Metrics::Serve(o.metrics_address);
+    if (!m.ok()) return m.status();
+    server->metrics_ = *std::move(m);
+  }
+
   ServiceDeps deps;
   deps.profiles = server->profiles_.get();
   deps.sessions = server->sessions_.get();
   deps.pool = server->pool_.get();
   deps.backend = server->backend_.get();
   deps.auth = server->auth_.get();
+  deps.metrics = server->metrics_.get();
   deps.max_message_bytes = o.max_message_bytes;
   server->service_ = std::make_unique<RopeKvService>(deps);
 
@@ -109,12 +119,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.address));
   }
   server->server_->GetHealthCheckService()->SetServingStatus(true);
+  server->RefreshGauges();
   server->janitor_ = std::thread([s = server.get()] {
     while (!s->stop_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
       const int expired = s->sessions_->ExpireIdle(absl::Now());
       if (expired > 0) {
+        s->metrics_->AddExpired(expired);
         Log(LogLevel::kInfo, "sessions_expired", {{"count", std::to_string(expired)}});
       }
+      s->RefreshGauges();
     }
   });
   Log(LogLevel::kInfo, "server_started",
@@ -123,12 +136,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
        {"tls", tls ? "on" : "off"}, {"auth", server->auth_->enabled() ? "tokens" : "off"},
        {"memory_bytes", std::to_string(server->pool_->total_pages() * o.page_bytes)},
        {"page_bytes", std::to_string(o.page_bytes)},
+       {"metrics", o.metrics_address.empty() ? "off" : o.metrics_address},
        {"profiles_loaded", std::to_string(loaded)},
        {"profiles_unavailable", std::to_string(failed)}});
   return server;
 }
 
 const char* Server::backend_name() const { return backend_->name(); }
+
+void Server::RefreshGauges() {
+  const SessionStore::Totals t = sessions_->Total();
+  metrics_->SetStore(t.sessions, t.bytes_resident, t.bytes_fp16, pool_->free_pages(),
+                     pool_->total_pages());
+}
 
 void Server::Shutdown(absl::Duration grace) {
   if (stop_.HasBeenNotified()) return;

@@ -31,6 +31,7 @@ class ProfileRegistry;
 class SessionStore;
 class Authenticator;
 class RopeKvService;
+class Metrics;
 
 struct ServerOptions {
   // host:port; port 0 picks a free one (see Server::port()).
@@ -55,6 +56,8 @@ struct ServerOptions {
   bool allow_insecure_remote = false;
   // CPU backend worker threads (0 = all cores).
   int cpu_threads = 0;
+  // host:port of the Prometheus endpoint ("" = metrics kept but not served).
+  std::string metrics_address;
 };
 
 class Server {
@@ -69,6 +72,10 @@ class Server {
   const char* backend_name() const;
   SessionStore& sessions() { return *sessions_; }
   PagePool& pool() { return *pool_; }
+  Metrics& metrics() { return *metrics_; }
+
+  // Updates the store gauges (also done every second).
+  void RefreshGauges();
 
   // Stops accepting calls, lets in-flight calls finish within `grace`, then
   // cancels the rest.
@@ -83,6 +90,7 @@ class Server {
   std::unique_ptr<SessionStore> sessions_;
   std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<Authenticator> auth_;
+  std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<RopeKvService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

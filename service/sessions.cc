@@ -232,6 +232,22 @@ int SessionStore::ExpireIdle(absl::Time now) {
   return static_cast<int>(expired.size());
 }
 
+SessionStore::Totals SessionStore::Total() const {
+  std::vector<std::shared_ptr<Session>> all;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, s] : sessions_) all.push_back(s);
+  }
+  Totals t;
+  for (const std::shared_ptr<Session>& s : all) {
+    const SessionStats stats = s->Stats();
+    ++t.sessions;
+    t.bytes_resident += stats.bytes_resident;
+    t.bytes_fp16 += stats.bytes_fp16;
+  }
+  return t;
+}
+
 int64_t SessionStore::size() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int64_t>(sessions_.size());

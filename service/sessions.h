@@ -153,6 +153,14 @@ class SessionStore {
   int ExpireIdle(absl::Time now);
   int64_t size() const;
 
+  // Sums over every tenant's sessions (for metrics).
+  struct Totals {
+    int64_t sessions = 0;
+    int64_t bytes_resident = 0;
+    int64_t bytes_fp16 = 0;
+  };
+  Totals Total() const;
+
  private:
   PagePool* const pool_;
   mutable absl::Mutex mu_;

@@ -7,6 +7,11 @@
 #include <random>
 #include <thread>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client/client.h"
@@ -14,6 +19,7 @@
 #include "kernels/backend.h"
 #include "planner/half.h"
 #include "planner/profile_io.h"
+#include "service/metrics.h"
 #include "service/page_pool.h"
 #include "service/server.h"
 #include "service/sessions.h"
@@ -470,6 +476,55 @@ TEST_F(ServiceTest, SixteenClientsConcurrently) {
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(failures.load(), 0);
   EXPECT_EQ(client_->ListSessions()->size(), 16u);
+}
+
+}  // namespace
+}  // namespace ropekv
+
+namespace ropekv {
+namespace {
+
+// GET http://127.0.0.1:port/metrics with a plain socket.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return "";
+  }
+  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  (void)!::write(fd, req.data(), req.size());
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, n);
+  ::close(fd);
+  return out;
+}
+
+TEST_F(ServiceTest, MetricsCountCallsAndServeOverHttp) {
+  service::ServerOptions o;
+  o.metrics_address = "127.0.0.1:0";
+  StartServer(o);
+  ASSERT_TRUE(client_->CreateProfile(ScoresSpec("p")).ok());
+  MakeSession(*client_, "s", "p");
+  ASSERT_TRUE(AppendAll(*client_, "s", RandomKv(50, 1), 0, 50).ok());
+  const std::vector<float> q = testing::RandomNormal(kQHeads * kHeadDim, 2);
+  ASSERT_TRUE(client_->Attend(OneItem("s", 0, q, 1)).ok());
+  EXPECT_FALSE(client_->Attend(OneItem("missing", 0, q, 1)).ok());
+  server_->RefreshGauges();
+  const std::string text = HttpGet(server_->metrics().port(), "/metrics");
+  EXPECT_NE(text.find("200 OK"), std::string::npos) << text.substr(0, 200);
+  EXPECT_NE(text.find("ropekv_rpc_total{code=\"OK\",method=\"Attend\"} 1"), std::string::npos) << text;
+  EXPECT_NE(text.find("ropekv_rpc_total{code=\"NOT_FOUND\",method=\"Attend\"} 1"), std::string::npos);
+  EXPECT_NE(text.find("ropekv_rpc_total{code=\"OK\",method=\"Append\"} 1"), std::string::npos);
+  // 50 tokens x 2 layers x 2 KV heads x 64 dims x 4 bytes (K+V fp16).
+  EXPECT_NE(text.find("ropekv_bytes_ingested_total 51200"), std::string::npos);
+  EXPECT_NE(text.find("ropekv_tokens_ingested_total 100"), std::string::npos);
+  EXPECT_NE(text.find("ropekv_sessions 1"), std::string::npos);
+  EXPECT_NE(text.find("ropekv_rpc_duration_seconds_bucket{code=\"OK\",method=\"Attend\""), std::string::npos);
 }
 
 }  // namespace
