@@ -1,18 +1,13 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds ropekv (CUDA backend when nvcc is found)
-# and runs it: today the planner, which turns calibration activations into a
-# compression profile and prints its plan and bytes per token.
-#   usage: docker/run.sh [CALIBRATION.safetensors] [ropekv-plan flags...]
-# Default input: $ROPEKV_DATA_DIR/moonshine-tiny-qkv.safetensors
-# (ROPEKV_DATA_DIR defaults to ../shared/data).
+# and runs the server on 127.0.0.1:50051 in the foreground (Ctrl-C stops it
+# cleanly). Profiles persist in build/data. Extra arguments go to
+# ropekv-server (see --help).
+#   usage: docker/run.sh [ropekv-server flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 docker/install-deps.sh
-cmake --preset default
-cmake --build --preset default -j "$(nproc)" --target ropekv-plan
-
-input=${1:-${ROPEKV_DATA_DIR:-../shared/data}/moonshine-tiny-qkv.safetensors}
-shift || true
-mkdir -p build/profiles
-exec build/default/planner/ropekv-plan --calibration="$input" \
-  --out=build/profiles/"$(basename "${input%.*}")".profile "$@"
+docker/build.sh default
+mkdir -p build/data
+exec build/default/service/ropekv-server --address=127.0.0.1:50051 \
+  --data_dir=build/data --metrics_port=9464 "$@"

@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds and runs every test. The CUDA backend is
 # built when nvcc is found (its tests skip without a device); then the
-# CPU-only configuration is built and tested too, so it cannot rot.
+# CPU-only configuration is built and tested too, so it cannot rot; then the
+# container's install and library-collection steps run and the collected
+# server must start.
 #   usage: docker/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 docker/install-deps.sh
 jobs=$(nproc)
 
-cmake --preset default
-cmake --build --preset default -j "$jobs"
+docker/build.sh default
 ctest --preset default -j "$jobs"
 
-if grep -q '^ROPEKV_WITH_CUDA:INTERNAL=ON' build/default/CMakeCache.txt 2>/dev/null; then
-  cmake --preset cpu
-  cmake --build --preset cpu -j "$jobs"
+if grep -q '^ROPEKV_WITH_CUDA:INTERNAL=ON' build/default/CMakeCache.txt; then
+  docker/build.sh cpu
   ctest --preset cpu -j "$jobs"
 fi
+
+# The Dockerfile's steps (Docker itself cannot run here).
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+cmake --install build/default --prefix "$stage" --component runtime
+docker/collect-runtime.sh "$stage"
+LD_LIBRARY_PATH="$stage/lib" "$stage/bin/ropekv-server" --address=127.0.0.1:0 --data_dir="$stage/data" &
+server=$!
+sleep 2
+kill -TERM "$server"
+wait "$server"
+echo "container steps: installed server started and stopped cleanly"
