@@ -63,6 +63,19 @@ struct AttentionParams {
   float* lse = nullptr;
 };
 
+// fp16 tokens kept outside the packed cache (attention sinks, the recent
+// window): a contiguous run of slots of [num_kv_heads, capacity, head_dim]
+// buffers. Token j of the view sits in slot first_slot + j and has sequence
+// position first_position + j (for the causal mask).
+struct DenseKvView {
+  const uint16_t* keys = nullptr;    // fp16, [num_kv_heads, capacity, head_dim]
+  const uint16_t* values = nullptr;  // fp16, same layout
+  int64_t capacity = 0;
+  int64_t first_slot = 0;
+  int64_t num_tokens = 0;
+  int64_t first_position = 0;
+};
+
 // Combines partial attention states over disjoint token ranges:
 //   M = max_c lse_c; w_c = exp(lse_c - M);
 //   out = sum_c w_c out_c / sum_c w_c; lse = M + log(sum_c w_c).
@@ -109,6 +122,13 @@ class Backend {
   virtual absl::Status Attend(const planner::LayerPlan& plan,
                               const PagedLayerView& cache,
                               const AttentionParams& params) = 0;
+
+  // Attention over fp16 tokens (same GQA, causal and output conventions as
+  // Attend; params.token_begin/token_end are ignored: the view is the
+  // range). INVALID_ARGUMENT for bad shapes or a view outside its buffers.
+  virtual absl::Status AttendDense(int num_kv_heads, int head_dim,
+                                   const DenseKvView& kv,
+                                   const AttentionParams& params) = 0;
 
   virtual absl::Status MergeStates(const MergeParams& params) = 0;
 };

@@ -35,6 +35,8 @@ void StatsToInfo(const SessionStats& s, const Session& session, pb::SessionInfo*
   info->set_bytes_fp16(s.bytes_fp16);
   info->set_pages(s.pages);
   info->set_idle_ttl_seconds(static_cast<uint32_t>(s.idle_ttl_seconds));
+  info->set_sink_tokens(static_cast<uint32_t>(s.sink_tokens));
+  info->set_window_tokens(static_cast<uint32_t>(s.window_tokens));
   info->set_created_unix_ms(absl::ToUnixMillis(s.created));
   info->set_last_used_unix_ms(absl::ToUnixMillis(s.last_used));
 }
@@ -521,9 +523,7 @@ absl::Status RopeKvService::DoAttend(const std::string& tenant, const pb::Attend
     p.scale = item.scale() != 0 ? item.scale() : 1.0f / std::sqrt(static_cast<float>(g.head_dim));
     p.out = out.data();
     p.lse = lse.data();
-    const Session::LayerSnapshot snap = (*session)->Snapshot(static_cast<int>(item.layer()));
-    absl::Status s = deps_.backend->Attend((*session)->profile().layers[item.layer()],
-                                           snap.view(), p);
+    absl::Status s = (*session)->Attend(*deps_.backend, static_cast<int>(item.layer()), p);
     if (!s.ok()) return WithField(s, where);
     (*session)->Touch();
     pb::AttendResult* r = resp->add_results();
@@ -589,10 +589,10 @@ grpc::ServerUnaryReactor* RopeKvService::CreateSession(grpc::CallbackServerConte
       if (absl::Status s = ValidateId(req->session_id(), "session_id"); !s.ok()) return s;
     }
     if (absl::Status s = ValidateId(req->profile_id(), "profile_id"); !s.ok()) return s;
-    if (req->sink_tokens() != 0 || req->window_tokens() != 0) {
-      return absl::UnimplementedError(
-          "sink_tokens/window_tokens: fp16 sink and window tokens are not supported by this "
-          "server version; expected 0");
+    if (static_cast<int64_t>(req->sink_tokens()) + req->window_tokens() > kMaxDenseTokens) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sink_tokens + window_tokens: expected at most ", kMaxDenseTokens, ", got ",
+          static_cast<int64_t>(req->sink_tokens()) + req->window_tokens()));
     }
     absl::StatusOr<std::shared_ptr<const planner::ModelProfile>> profile =
         deps_.profiles->Get(tenant, req->profile_id());
@@ -600,6 +600,8 @@ grpc::ServerUnaryReactor* RopeKvService::CreateSession(grpc::CallbackServerConte
     SessionOptions options;
     options.profile_id = req->profile_id();
     options.idle_ttl_seconds = req->idle_ttl_seconds();
+    options.sink_tokens = req->sink_tokens();
+    options.window_tokens = req->window_tokens();
     absl::StatusOr<std::shared_ptr<Session>> session =
         deps_.sessions->Create(tenant, req->session_id(), options, *profile);
     if (!session.ok()) return session.status();

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "planner/half.h"
 
 namespace ropekv::service {
 
@@ -31,6 +32,15 @@ Session::Session(std::string id, std::string tenant, SessionOptions options,
     page_tokens_.push_back(static_cast<int>(std::max<int64_t>(1, pool_->page_bytes() / TokenBytes(l))));
   }
   layers_.resize(profile_->layers.size());
+  const planner::ModelGeometry& g = profile_->geometry;
+  const size_t row = static_cast<size_t>(g.num_kv_heads) * g.head_dim;
+  dense_.resize(profile_->layers.size());
+  for (DenseLayer& d : dense_) {
+    d.sink_k.resize(row * options_.sink_tokens);
+    d.sink_v.resize(row * options_.sink_tokens);
+    d.window_k.resize(row * options_.window_tokens);
+    d.window_v.resize(row * options_.window_tokens);
+  }
 }
 
 Session::~Session() {
@@ -58,11 +68,86 @@ SessionStats Session::Stats() const {
     s.pages += static_cast<int64_t>(l.pages.size());
     s.bytes_fp16 += l.tokens * g.num_kv_heads * g.head_dim * 4;
   }
-  s.bytes_resident = s.pages * pool_->page_bytes();
+  s.bytes_resident = s.pages * pool_->page_bytes() +
+                     static_cast<int64_t>(layers_.size()) * g.num_kv_heads * g.head_dim * 4 *
+                         (options_.sink_tokens + options_.window_tokens);
   s.idle_ttl_seconds = options_.idle_ttl_seconds;
+  s.sink_tokens = options_.sink_tokens;
+  s.window_tokens = options_.window_tokens;
   s.created = created_;
   s.last_used = last_used_;
   return s;
+}
+
+absl::Status Session::Attend(kernels::Backend& backend, int layer,
+                             const kernels::AttentionParams& params) const {
+  if (layer < 0 || layer >= static_cast<int>(page_tokens_.size())) {
+    return absl::OutOfRangeError(absl::StrCat("layer: expected [0, ", page_tokens_.size(),
+                                              "), got ", layer));
+  }
+  const planner::LayerPlan& plan = profile_->layers[layer];
+  const planner::ModelGeometry& g = profile_->geometry;
+  // Readers share the lock; a commit waits for them (it never waits long).
+  absl::ReaderMutexLock lock(&mu_);
+  const Layer& l = layers_[layer];
+  const kernels::PagedLayerView view{l.pages.data(), static_cast<int64_t>(l.pages.size()),
+                                     page_tokens_[layer], l.tokens};
+  const int64_t sinks = std::min(options_.sink_tokens, l.tokens);
+  const int64_t window_begin = std::max(sinks, l.tokens - options_.window_tokens);
+  if (sinks == 0 && window_begin == l.tokens) {
+    return backend.Attend(plan, view, params);  // all packed
+  }
+  // Partial states over disjoint ranges, merged by lse: sinks [0, sinks),
+  // packed [sinks, window_begin), window [window_begin, tokens) (up to two
+  // runs of ring slots).
+  const size_t rows = static_cast<size_t>(params.num_q_heads) * params.q_len;
+  std::vector<std::vector<float>> outs, lses;
+  auto run = [&](auto&& call, kernels::AttentionParams p) -> absl::Status {
+    outs.emplace_back(rows * g.head_dim);
+    lses.emplace_back(rows);
+    p.out = outs.back().data();
+    p.lse = lses.back().data();
+    return call(p);
+  };
+  const DenseLayer& d = dense_[layer];
+  absl::Status s;
+  if (sinks > 0) {
+    const kernels::DenseKvView sink{d.sink_k.data(), d.sink_v.data(), options_.sink_tokens,
+                                    0, sinks, 0};
+    s.Update(run([&](const kernels::AttentionParams& p) {
+      return backend.AttendDense(g.num_kv_heads, g.head_dim, sink, p);
+    }, params));
+  }
+  if (window_begin > sinks) {
+    kernels::AttentionParams p = params;
+    p.token_begin = sinks;
+    p.token_end = window_begin;
+    s.Update(run([&](const kernels::AttentionParams& q) { return backend.Attend(plan, view, q); }, p));
+  }
+  const int64_t w = options_.window_tokens;
+  for (int64_t t = window_begin; t < l.tokens && s.ok();) {
+    const int64_t slot = t % w;
+    const int64_t n = std::min(l.tokens - t, w - slot);  // up to the ring's end
+    const kernels::DenseKvView win{d.window_k.data(), d.window_v.data(), w, slot, n, t};
+    s.Update(run([&](const kernels::AttentionParams& p) {
+      return backend.AttendDense(g.num_kv_heads, g.head_dim, win, p);
+    }, params));
+    t += n;
+  }
+  if (!s.ok()) return s;
+  std::vector<const float*> out_ptrs, lse_ptrs;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    out_ptrs.push_back(outs[i].data());
+    lse_ptrs.push_back(lses[i].data());
+  }
+  kernels::MergeParams m;
+  m.partial_out = out_ptrs;
+  m.partial_lse = lse_ptrs;
+  m.rows = static_cast<int64_t>(rows);
+  m.head_dim = g.head_dim;
+  m.out = params.out;
+  m.lse = params.lse;
+  return backend.MergeStates(m);
 }
 
 void Session::Touch() {
@@ -94,6 +179,8 @@ AppendTxn::AppendTxn(std::shared_ptr<Session> session, kernels::Backend* backend
   base_ = session_->layers_;
   added_.resize(base_.size());
   pending_.assign(base_.size(), 0);
+  window_k_.resize(base_.size());
+  window_v_.resize(base_.size());
 }
 
 AppendTxn::~AppendTxn() {
@@ -136,6 +223,40 @@ absl::Status AppendTxn::Add(int layer, int64_t token_start, const float* keys,
   absl::Status s = backend_->EncodeLayer(session_->profile().layers[layer], view,
                                          token_start, keys, values, num_tokens);
   if (!s.ok()) return s;
+  // fp16 copies: sink slots directly (past the committed length, unseen),
+  // window slots staged until commit (they may hold visible tokens).
+  const SessionOptions& o = session_->options();
+  const planner::ModelGeometry& g = session_->profile().geometry;
+  const int d = g.head_dim;
+  Session::DenseLayer& dense = session_->dense_[layer];
+  if (o.window_tokens > 0 && window_k_[layer].empty()) {
+    window_k_[layer].resize(dense.window_k.size());
+    window_v_[layer].resize(dense.window_v.size());
+  }
+  for (int h = 0; h < g.num_kv_heads; ++h) {
+    for (int64_t i = 0; i < num_tokens; ++i) {
+      const int64_t t = token_start + i;
+      const float* k = keys + (h * num_tokens + i) * d;
+      const float* v = values + (h * num_tokens + i) * d;
+      if (t < o.sink_tokens) {
+        uint16_t* kd = dense.sink_k.data() + (h * o.sink_tokens + t) * d;
+        uint16_t* vd = dense.sink_v.data() + (h * o.sink_tokens + t) * d;
+        for (int c = 0; c < d; ++c) {
+          kd[c] = planner::FloatToHalf(k[c]);
+          vd[c] = planner::FloatToHalf(v[c]);
+        }
+      }
+      if (o.window_tokens > 0 && t >= token_start + num_tokens - o.window_tokens) {
+        const int64_t slot = t % o.window_tokens;
+        uint16_t* kd = window_k_[layer].data() + (h * o.window_tokens + slot) * d;
+        uint16_t* vd = window_v_[layer].data() + (h * o.window_tokens + slot) * d;
+        for (int c = 0; c < d; ++c) {
+          kd[c] = planner::FloatToHalf(k[c]);
+          vd[c] = planner::FloatToHalf(v[c]);
+        }
+      }
+    }
+  }
   pending_[layer] += num_tokens;
   tokens_added_ += num_tokens;
   return absl::OkStatus();
@@ -144,11 +265,25 @@ absl::Status AppendTxn::Add(int layer, int64_t token_start, const float* keys,
 std::vector<int64_t> AppendTxn::Commit() {
   absl::MutexLock lock(&session_->mu_);
   std::vector<int64_t> lengths;
+  const SessionOptions& o = session_->options();
+  const planner::ModelGeometry& g = session_->profile().geometry;
+  const int64_t row = g.head_dim;
   for (size_t l = 0; l < base_.size(); ++l) {
     Session::Layer& layer = session_->layers_[l];
     layer.pages.insert(layer.pages.end(), added_[l].begin(), added_[l].end());
+    const int64_t old_len = layer.tokens;
     layer.tokens += pending_[l];
     lengths.push_back(layer.tokens);
+    if (o.window_tokens == 0 || pending_[l] == 0) continue;
+    Session::DenseLayer& dense = session_->dense_[l];
+    for (int64_t t = std::max(old_len, layer.tokens - o.window_tokens); t < layer.tokens; ++t) {
+      const int64_t slot = t % o.window_tokens;
+      for (int h = 0; h < g.num_kv_heads; ++h) {
+        const int64_t at = (h * o.window_tokens + slot) * row;
+        std::copy_n(window_k_[l].data() + at, row, dense.window_k.data() + at);
+        std::copy_n(window_v_[l].data() + at, row, dense.window_v.data() + at);
+      }
+    }
   }
   session_->last_used_ = absl::Now();
   // The next append may start as soon as the client sees this one's reply.

@@ -28,9 +28,17 @@
 
 namespace ropekv::service {
 
+// Most fp16 tokens (sinks + window) a session may keep per layer.
+inline constexpr int64_t kMaxDenseTokens = 65536;
+
 struct SessionOptions {
   std::string profile_id;
   int64_t idle_ttl_seconds = 0;  // 0 = never expires
+  // The first sink_tokens and the last window_tokens tokens of every layer
+  // are also kept in fp16 and attended exactly; the packed cache serves the
+  // rest. Their buffers are allocated at creation, outside the page pool.
+  int64_t sink_tokens = 0;
+  int64_t window_tokens = 0;
 };
 
 // Point-in-time numbers of a session.
@@ -42,6 +50,8 @@ struct SessionStats {
   int64_t bytes_resident = 0;
   int64_t bytes_fp16 = 0;
   int64_t idle_ttl_seconds = 0;
+  int64_t sink_tokens = 0;
+  int64_t window_tokens = 0;
   absl::Time created;
   absl::Time last_used;
 };
@@ -73,6 +83,13 @@ class Session {
   };
   LayerSnapshot Snapshot(int layer) const;
 
+  // Attention of one layer over every committed token: the packed cache,
+  // merged (by lse) with the fp16 sinks and window when the session has
+  // them. params.token_begin/token_end must be left at their defaults.
+  // OUT_OF_RANGE for a bad layer; otherwise as the backend's calls.
+  absl::Status Attend(kernels::Backend& backend, int layer,
+                      const kernels::AttentionParams& params) const;
+
   SessionStats Stats() const;
   void Touch();
   absl::Time last_used() const;
@@ -82,6 +99,11 @@ class Session {
   struct Layer {
     std::vector<uint8_t*> pages;
     int64_t tokens = 0;
+  };
+  // fp16 [num_kv_heads, capacity, head_dim] buffers of one layer. Sink slot
+  // t holds token t; window slot t % window holds token t.
+  struct DenseLayer {
+    std::vector<uint16_t> sink_k, sink_v, window_k, window_v;
   };
 
   const std::string id_;
@@ -93,6 +115,9 @@ class Session {
   std::vector<int> page_tokens_;  // per layer, fixed at creation
   mutable absl::Mutex mu_;
   std::vector<Layer> layers_ ABSL_GUARDED_BY(mu_);
+  // Window slots change only under mu_ (commit); sink slots at or past a
+  // layer's committed length are written by the open append, unseen.
+  std::vector<DenseLayer> dense_;
   bool append_open_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time last_used_ ABSL_GUARDED_BY(mu_);
 };
@@ -130,6 +155,8 @@ class AppendTxn {
   std::vector<Session::Layer> base_;          // committed state at Begin
   std::vector<std::vector<uint8_t*>> added_;  // pages taken, per layer
   std::vector<int64_t> pending_;              // tokens added, per layer
+  // Window tokens this append wrote (same slot rule as the session's).
+  std::vector<std::vector<uint16_t>> window_k_, window_v_;
   int64_t tokens_added_ = 0;
   bool committed_ = false;
 };

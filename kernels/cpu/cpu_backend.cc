@@ -162,6 +162,60 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::Status AttendDense(int num_kv, int d, const DenseKvView& kv,
+                           const AttentionParams& p) override {
+    if (num_kv < 1 || d < 1 || p.q_len < 1 || p.num_q_heads < 1 ||
+        p.num_q_heads % num_kv != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dense attention: expected num_q_heads (", p.num_q_heads,
+          ") a positive multiple of num_kv_heads (", num_kv, ") and q_len >= 1"));
+    }
+    if (kv.num_tokens < 0 || kv.first_slot < 0 ||
+        kv.first_slot + kv.num_tokens > kv.capacity ||
+        (kv.num_tokens > 0 && (kv.keys == nullptr || kv.values == nullptr))) {
+      return absl::InvalidArgumentError("dense attention: view outside its buffers");
+    }
+    if (p.queries == nullptr || p.out == nullptr || p.lse == nullptr) {
+      return absl::InvalidArgumentError("queries/out/lse: expected buffers");
+    }
+    const int group = p.num_q_heads / num_kv;
+    std::vector<float> k(d), v(d), acc(d);
+    for (int qh = 0; qh < p.num_q_heads; ++qh) {
+      const int h = qh / group;
+      for (int i = 0; i < p.q_len; ++i) {
+        const float* q = p.queries + (static_cast<int64_t>(qh) * p.q_len + i) * d;
+        float m = kNegInf, l = 0;
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t j = 0; j < kv.num_tokens; ++j) {
+          if (p.causal && kv.first_position + j > p.causal_offset + i) break;
+          const int64_t row = (static_cast<int64_t>(h) * kv.capacity + kv.first_slot + j) * d;
+          float logit = 0;
+          for (int c = 0; c < d; ++c) logit += q[c] * planner::HalfToFloat(kv.keys[row + c]);
+          logit *= p.scale;
+          if (logit > m) {
+            const float r = std::exp(m - logit);
+            l *= r;
+            for (float& a : acc) a *= r;
+            m = logit;
+          }
+          const float w = std::exp(logit - m);
+          l += w;
+          for (int c = 0; c < d; ++c) acc[c] += w * planner::HalfToFloat(kv.values[row + c]);
+        }
+        float* out = p.out + (static_cast<int64_t>(qh) * p.q_len + i) * d;
+        float* lse = p.lse + static_cast<int64_t>(qh) * p.q_len + i;
+        if (l == 0) {
+          std::fill(out, out + d, 0.0f);
+          *lse = kNegInf;
+        } else {
+          for (int c = 0; c < d; ++c) out[c] = acc[c] / l;
+          *lse = m + std::log(l);
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status MergeStates(const MergeParams& p) override {
     if (p.partial_out.size() != p.partial_lse.size() || p.partial_out.empty()) {
       return absl::InvalidArgumentError(

@@ -259,8 +259,9 @@ TEST_F(ErrorsTest, BadInputMatrixGetsSpecificCodesAndChangesNothing) {
   cs.set_profile_id("missing");
   EXPECT_EQ(c.CreateSession(cs).status().code(), StatusCode::kNotFound);
   cs.set_profile_id("p");
-  cs.set_window_tokens(64);
-  EXPECT_EQ(c.CreateSession(cs).status().code(), StatusCode::kUnimplemented);
+  cs.set_window_tokens(60000);
+  cs.set_sink_tokens(6000);
+  EXPECT_EQ(c.CreateSession(cs).status().code(), StatusCode::kInvalidArgument);
   pb::ProfileSpec bad = Spec("q");
   bad.mutable_geometry()->set_head_dim(33);
   absl::Status s = c.CreateProfile(bad).status();

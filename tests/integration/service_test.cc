@@ -529,3 +529,107 @@ TEST_F(ServiceTest, MetricsCountCallsAndServeOverHttp) {
 
 }  // namespace
 }  // namespace ropekv
+
+namespace ropekv {
+namespace {
+
+// Sinks and window in fp16, the middle from the packed cache: equals dense
+// fp64 attention over exactly that mix, across appends that wrap the ring,
+// and an aborted append changes nothing.
+TEST_F(ServiceTest, SinkAndWindowTokensAreAttendedInFp16) {
+  StartServer();
+  ASSERT_TRUE(client_->CreateProfile(ScoresSpec("p", 2, 2)).ok());
+  const int64_t sinks = 4, window = 16;
+  pb::CreateSessionRequest req;
+  req.set_session_id("w");
+  req.set_profile_id("p");
+  req.set_sink_tokens(sinks);
+  req.set_window_tokens(window);
+  ASSERT_TRUE(client_->CreateSession(req).ok());
+  MakeSession(*client_, "plain", "p");
+  const int64_t total = 93;
+  const Kv kv = RandomKv(total, 21);
+  auto slice = [&](const std::vector<float>& src, int64_t b, int64_t n) {
+    std::vector<float> out;
+    for (int h = 0; h < kKvHeads; ++h) {
+      auto it = src.begin() + (h * total + b) * kHeadDim;
+      out.insert(out.end(), it, it + n * kHeadDim);
+    }
+    return out;
+  };
+  int64_t len = 0;
+  for (int64_t n : {3, 30, 1, 17, 1, 41}) {  // sink fill, ring wraps, single steps
+    Kv part;
+    for (int l = 0; l < kLayers; ++l) {
+      part.keys.push_back(slice(kv.keys[l], len, n));
+      part.values.push_back(slice(kv.values[l], len, n));
+    }
+    ASSERT_TRUE(AppendAll(*client_, "w", part, len, n).ok());
+    ASSERT_TRUE(AppendAll(*client_, "plain", part, len, n).ok());
+    len += n;
+    for (int layer = 0; layer < kLayers; ++layer) {
+      // Reference K/V: decoded packed tokens, with fp16 sinks and window.
+      std::vector<float> k_hat(kKvHeads * len * kHeadDim), v_hat(k_hat.size());
+      pb::ReadRequest read;
+      read.set_session_id("w");
+      read.add_layers(layer);
+      read.set_format(pb::READ_FORMAT_FP32);
+      ASSERT_TRUE(client_->Read(read, [&](const pb::ReadResponse& m) {
+        std::vector<float> kc = *client::TensorValues(m.chunk().keys());
+        std::vector<float> vc = *client::TensorValues(m.chunk().values());
+        const int64_t n = m.chunk().tokens(), b = m.chunk().token_start();
+        for (int h = 0; h < kKvHeads; ++h) {
+          std::copy_n(kc.begin() + h * n * kHeadDim, n * kHeadDim, k_hat.begin() + (h * len + b) * kHeadDim);
+          std::copy_n(vc.begin() + h * n * kHeadDim, n * kHeadDim, v_hat.begin() + (h * len + b) * kHeadDim);
+        }
+        return true;
+      }).ok());
+      for (int h = 0; h < kKvHeads; ++h) {
+        for (int64_t t = 0; t < len; ++t) {
+          if (t >= sinks && t < len - window) continue;
+          for (int j = 0; j < kHeadDim; ++j) {
+            const int64_t src = (h * total + t) * kHeadDim + j, dst = (h * len + t) * kHeadDim + j;
+            k_hat[dst] = planner::RoundToHalf(kv.keys[layer][src]);
+            v_hat[dst] = planner::RoundToHalf(kv.values[layer][src]);
+          }
+        }
+      }
+      const int q_len = 2;
+      const std::vector<float> q = testing::RandomNormal(kQHeads * q_len * kHeadDim, len + layer);
+      for (std::optional<int64_t> causal : {std::optional<int64_t>(), std::optional<int64_t>(len - q_len)}) {
+        absl::StatusOr<pb::AttendResponse> r = client_->Attend(OneItem("w", layer, q, q_len, causal));
+        ASSERT_TRUE(r.ok()) << r.status();
+        std::vector<double> ref, ref_lse;
+        testing::ReferenceAttention(q, kQHeads, q_len, k_hat, v_hat, kKvHeads, len, kHeadDim,
+                                    1.0 / std::sqrt(kHeadDim), causal.has_value(), causal.value_or(0),
+                                    0, len, &ref, &ref_lse);
+        EXPECT_LT(testing::RelativeError(*client::TensorValues(r->results(0).output()), ref), 1e-5)
+            << "len " << len << " layer " << layer;
+        std::vector<float> lse = *client::TensorValues(r->results(0).lse());
+        for (size_t i = 0; i < lse.size(); ++i) EXPECT_NEAR(lse[i], ref_lse[i], 1e-4);
+        // And it differs from the all-packed session (the fp16 tokens matter).
+        absl::StatusOr<pb::AttendResponse> plain = client_->Attend(OneItem("plain", layer, q, q_len, causal));
+        EXPECT_NE(plain->results(0).output().data(), r->results(0).output().data());
+      }
+    }
+  }
+  // An aborted append leaves the window (and everything else) as it was.
+  const std::vector<float> q = testing::RandomNormal(kQHeads * kHeadDim, 5);
+  absl::StatusOr<pb::AttendResponse> before = client_->Attend(OneItem("w", 0, q, 1));
+  std::vector<float> bad = testing::RandomNormal(kKvHeads * 8 * kHeadDim, 6);
+  bad.back() = NAN;
+  std::vector<client::LayerKv> layers = {
+      {0, len, kKvHeads, 8, kHeadDim, bad, bad}};
+  layers[0].values = testing::RandomNormal(kKvHeads * 8 * kHeadDim, 7);
+  std::vector<float> good = testing::RandomNormal(kKvHeads * 8 * kHeadDim, 8);
+  layers.insert(layers.begin(), client::LayerKv{1, len, kKvHeads, 8, kHeadDim, good, good});
+  EXPECT_EQ(client_->Append("w", layers).status().code(), absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<pb::AttendResponse> after = client_->Attend(OneItem("w", 0, q, 1));
+  EXPECT_EQ(after->results(0).output().data(), before->results(0).output().data());
+  absl::StatusOr<pb::SessionInfo> info = client_->GetSession("w");
+  EXPECT_EQ(info->layer_tokens(1), static_cast<uint64_t>(len));
+  EXPECT_EQ(info->window_tokens(), window);
+}
+
+}  // namespace
+}  // namespace ropekv
