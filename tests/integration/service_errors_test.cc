@@ -454,6 +454,35 @@ TEST_F(ErrorsTest, IdleSessionsExpire) {
   EXPECT_TRUE(c.GetSession("forever").ok());
 }
 
+TEST_F(ErrorsTest, TlsServesTlsClientsOnly) {
+  const std::string dir = ROPEKV_TESTDATA_DIR;
+  service::ServerOptions o;
+  o.tls_cert_file = dir + "/test-server.crt";
+  o.tls_key_file = dir + "/test-server.key";
+  Start(o);
+  std::ifstream in(o.tls_cert_file);
+  client::ClientOptions co;
+  co.target = absl::StrCat("localhost:", server_->port());
+  co.tls = true;
+  co.tls_root_certs.assign(std::istreambuf_iterator<char>(in), {});
+  std::unique_ptr<Client> tls = *Client::Connect(co);
+  ASSERT_TRUE(tls->CreateProfile(Spec("p")).ok());
+  EXPECT_TRUE(*tls->Healthy());
+  co.deadline = absl::Seconds(2);
+  co.tls = false;  // plaintext against a TLS port fails, it is not served
+  std::unique_ptr<Client> plain = *Client::Connect(co);
+  EXPECT_EQ(plain->ListProfiles().status().code(), StatusCode::kUnavailable);
+  co.tls = true;
+  co.tls_root_certs.clear();  // a client that does not trust the certificate
+  std::unique_ptr<Client> untrusting = *Client::Connect(co);
+  EXPECT_EQ(untrusting->ListProfiles().status().code(), StatusCode::kUnavailable);
+  // A non-loopback address is allowed with TLS.
+  service::ServerOptions remote = o;
+  remote.address = "0.0.0.0:0";
+  remote.data_dir = dir_ + "/remote";
+  EXPECT_TRUE(service::Server::Start(remote).ok());
+}
+
 TEST_F(ErrorsTest, NonLoopbackWithoutTlsIsRefused) {
   service::ServerOptions o;
   o.address = "0.0.0.0:0";
