@@ -131,6 +131,25 @@ class Backend {
                                    const AttentionParams& params) = 0;
 
   virtual absl::Status MergeStates(const MergeParams& params) = 0;
+
+  // The memory pages are cut from: host memory (CPU backend) or device
+  // memory (CUDA). Reserved once at start. RESOURCE_EXHAUSTED when it
+  // cannot be had.
+  virtual absl::StatusOr<uint8_t*> AllocateArena(int64_t bytes) = 0;
+  virtual void FreeArena(uint8_t* arena) = 0;
+
+  // Copies the packed records of tokens [first_token, first_token +
+  // num_tokens) into host memory, KV head by KV head: for each head in
+  // order, num_tokens records of its record_bytes. OUT_OF_RANGE when the
+  // range exceeds num_tokens.
+  virtual absl::Status ReadRecords(const planner::LayerPlan& plan,
+                                   const PagedLayerView& cache,
+                                   int64_t first_token, int64_t num_tokens,
+                                   uint8_t* out) = 0;
+
+  // False after an unrecoverable (sticky) device error: every call then
+  // fails with UNAVAILABLE and the server reports NOT_SERVING.
+  virtual bool healthy() const { return true; }
 };
 
 struct CpuBackendOptions {

@@ -7,8 +7,9 @@
 
 namespace ropekv::service {
 
-absl::StatusOr<std::unique_ptr<PagePool>> PagePool::CreateHost(int64_t total_bytes,
-                                                              int64_t page_bytes) {
+absl::StatusOr<std::unique_ptr<PagePool>> PagePool::Create(int64_t total_bytes,
+                                                          int64_t page_bytes,
+                                                          kernels::Backend* backend) {
   if (page_bytes < 4096 || page_bytes % 256 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "page_bytes: expected a multiple of 256 >= 4096, got ", page_bytes));
@@ -19,24 +20,20 @@ absl::StatusOr<std::unique_ptr<PagePool>> PagePool::CreateHost(int64_t total_byt
         "memory_bytes: expected at least one page (", page_bytes, " bytes), got ",
         total_bytes));
   }
-  // Untouched pages cost no physical memory until first written.
-  void* memory = std::aligned_alloc(256, static_cast<size_t>(pages * page_bytes));
-  if (memory == nullptr) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot reserve ", pages * page_bytes, " bytes of host memory"));
-  }
-  return std::unique_ptr<PagePool>(
-      new PagePool(static_cast<uint8_t*>(memory), pages, page_bytes));
+  absl::StatusOr<uint8_t*> memory = backend->AllocateArena(pages * page_bytes);
+  if (!memory.ok()) return memory.status();
+  return std::unique_ptr<PagePool>(new PagePool(backend, *memory, pages, page_bytes));
 }
 
-PagePool::PagePool(uint8_t* memory, int64_t total_pages, int64_t page_bytes)
-    : memory_(memory), total_pages_(total_pages), page_bytes_(page_bytes) {
+PagePool::PagePool(kernels::Backend* backend, uint8_t* memory, int64_t total_pages,
+                   int64_t page_bytes)
+    : backend_(backend), memory_(memory), total_pages_(total_pages), page_bytes_(page_bytes) {
   free_.reserve(total_pages);
   // Lowest addresses handed out first.
   for (int64_t i = total_pages - 1; i >= 0; --i) free_.push_back(memory + i * page_bytes);
 }
 
-PagePool::~PagePool() { std::free(memory_); }
+PagePool::~PagePool() { backend_->FreeArena(memory_); }
 
 absl::StatusOr<std::vector<uint8_t*>> PagePool::Allocate(int64_t count,
                                                          const std::string& tenant) {

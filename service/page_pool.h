@@ -19,16 +19,19 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "kernels/backend.h"
 
 namespace ropekv::service {
 
 class PagePool {
  public:
-  // Reserves floor(total_bytes / page_bytes) pages of host memory.
-  // INVALID_ARGUMENT when page_bytes < 4096 or fewer than one page fits;
-  // RESOURCE_EXHAUSTED when the memory cannot be reserved.
-  static absl::StatusOr<std::unique_ptr<PagePool>> CreateHost(int64_t total_bytes,
-                                                              int64_t page_bytes);
+  // Reserves floor(total_bytes / page_bytes) pages of the backend's memory
+  // (host for CPU, device for CUDA). INVALID_ARGUMENT when page_bytes <
+  // 4096 or fewer than one page fits; RESOURCE_EXHAUSTED when the memory
+  // cannot be reserved. REQUIRES: `backend` outlives the pool.
+  static absl::StatusOr<std::unique_ptr<PagePool>> Create(int64_t total_bytes,
+                                                          int64_t page_bytes,
+                                                          kernels::Backend* backend);
   ~PagePool();
 
   // Takes `count` pages for `tenant`, all or nothing. RESOURCE_EXHAUSTED
@@ -49,8 +52,10 @@ class PagePool {
   int64_t tenant_pages(const std::string& tenant) const;
 
  private:
-  PagePool(uint8_t* memory, int64_t total_pages, int64_t page_bytes);
+  PagePool(kernels::Backend* backend, uint8_t* memory, int64_t total_pages,
+           int64_t page_bytes);
 
+  kernels::Backend* const backend_;
   uint8_t* const memory_;
   const int64_t total_pages_;
   const int64_t page_bytes_;

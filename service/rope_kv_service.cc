@@ -428,16 +428,13 @@ class ReadReactor final : public Recorded<grpc::ServerWriteReactor<pb::ReadRespo
     chunk->set_token_start(begin);
     chunk->set_tokens(static_cast<uint32_t>(n));
     if (request_.format() == pb::READ_FORMAT_PACKED) {
-      const planner::PageLayout pl = planner::MakePageLayout(plan, view.page_tokens);
+      int64_t bytes = 0;
+      for (const planner::HeadPlan& h : plan.heads) bytes += h.layout.record_bytes * n;
       std::string* out = chunk->mutable_packed();
-      for (size_t h = 0; h < plan.heads.size(); ++h) {
-        const int rb = plan.heads[h].layout.record_bytes;
-        for (int64_t t = begin; t < begin + n; ++t) {
-          const uint8_t* rec = view.pages[t / view.page_tokens] + pl.head_offsets[h] +
-                               (t % view.page_tokens) * rb;
-          out->append(reinterpret_cast<const char*>(rec), rb);
-        }
-      }
+      out->resize(bytes);
+      absl::Status s = service_->deps().backend->ReadRecords(
+          plan, view, begin, n, reinterpret_cast<uint8_t*>(out->data()));
+      if (!s.ok()) return s;
     } else {
       std::vector<float> k(static_cast<size_t>(g.num_kv_heads) * n * g.head_dim);
       std::vector<float> v(k.size());

@@ -9,6 +9,9 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kernels/backend.h"
+#ifdef ROPEKV_WITH_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 #include "service/auth.h"
 #include "service/log.h"
 #include "service/metrics.h"
@@ -50,16 +53,29 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_message_bytes: expected [1 MiB, 2 GiB), got ", o.max_message_bytes));
   }
-  if (o.backend == "cuda") {
-    return absl::UnavailableError("backend cuda: this build has no CUDA backend yet");
-  }
-  if (o.backend != "auto" && o.backend != "cpu") {
+  if (o.backend != "auto" && o.backend != "cpu" && o.backend != "cuda") {
     return absl::InvalidArgumentError(
         absl::StrCat("backend: expected auto, cpu or cuda, got '", o.backend, "'"));
   }
-  server->backend_ = kernels::CreateCpuBackend({.num_threads = o.cpu_threads});
+  std::string device = "host CPU";
+#ifdef ROPEKV_WITH_CUDA
+  if (o.backend == "cuda" || (o.backend == "auto" && kernels::CudaDeviceCount() > 0)) {
+    absl::StatusOr<std::unique_ptr<kernels::Backend>> cuda = kernels::CreateCudaBackend();
+    if (!cuda.ok()) return cuda.status();
+    server->backend_ = *std::move(cuda);
+    device = "CUDA device 0";
+  }
+#else
+  if (o.backend == "cuda") {
+    return absl::UnavailableError("backend cuda: this build has no CUDA backend (ROPEKV_CUDA=OFF)");
+  }
+#endif
+  if (server->backend_ == nullptr) {
+    server->backend_ = kernels::CreateCpuBackend({.num_threads = o.cpu_threads});
+  }
 
-  absl::StatusOr<std::unique_ptr<PagePool>> pool = PagePool::CreateHost(o.memory_bytes, o.page_bytes);
+  absl::StatusOr<std::unique_ptr<PagePool>> pool =
+      PagePool::Create(o.memory_bytes, o.page_bytes, server->backend_.get());
   if (!pool.ok()) return pool.status();
   server->pool_ = *std::move(pool);
   server->pool_->set_tenant_quota(o.tenant_page_quota);
@@ -128,11 +144,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
         Log(LogLevel::kInfo, "sessions_expired", {{"count", std::to_string(expired)}});
       }
       s->RefreshGauges();
+      if (!s->backend_->healthy() && !s->unhealthy_reported_) {
+        s->unhealthy_reported_ = true;
+        s->server_->GetHealthCheckService()->SetServingStatus(false);
+        Log(LogLevel::kError, "backend_unhealthy", {{"backend", s->backend_->name()}});
+      }
     }
   });
   Log(LogLevel::kInfo, "server_started",
       {{"address", o.address}, {"port", std::to_string(server->port_)},
-       {"backend", server->backend_->name()}, {"device", "host CPU"},
+       {"backend", server->backend_->name()}, {"device", device},
        {"tls", tls ? "on" : "off"}, {"auth", server->auth_->enabled() ? "tokens" : "off"},
        {"memory_bytes", std::to_string(server->pool_->total_pages() * o.page_bytes)},
        {"page_bytes", std::to_string(o.page_bytes)},

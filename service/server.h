@@ -85,17 +85,20 @@ class Server {
  private:
   Server() = default;
 
+  // Declaration order is destruction order reversed: the backend owns the
+  // pool's memory, the pool outlives the sessions that hold its pages.
+  std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<PagePool> pool_;
   std::unique_ptr<ProfileRegistry> profiles_;
   std::unique_ptr<SessionStore> sessions_;
-  std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<RopeKvService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   absl::Notification stop_;
-  std::thread janitor_;  // idle-TTL expiry
+  std::thread janitor_;  // idle-TTL expiry, gauges, backend health
+  bool unhealthy_reported_ = false;  // janitor thread only
 };
 
 }  // namespace ropekv::service

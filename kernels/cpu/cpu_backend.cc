@@ -1,6 +1,8 @@
 // The CPU reference backend: readable first, threaded across KV heads.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <thread>
 #include <vector>
@@ -211,6 +213,36 @@ class CpuBackend final : public Backend {
           for (int c = 0; c < d; ++c) out[c] = acc[c] / l;
           *lse = m + std::log(l);
         }
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint8_t*> AllocateArena(int64_t bytes) override {
+    // 256-byte aligned; untouched pages cost no physical memory.
+    void* memory = std::aligned_alloc(256, static_cast<size_t>((bytes + 255) / 256 * 256));
+    if (memory == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot reserve ", bytes, " bytes of host memory"));
+    }
+    return static_cast<uint8_t*>(memory);
+  }
+
+  void FreeArena(uint8_t* arena) override { std::free(arena); }
+
+  absl::Status ReadRecords(const planner::LayerPlan& plan, const PagedLayerView& cache,
+                           int64_t first, int64_t n, uint8_t* out) override {
+    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
+    if (first < 0 || n < 0 || first + n > cache.num_tokens) {
+      return absl::OutOfRangeError(absl::StrCat("tokens [", first, ", ", first + n,
+                                                "): expected within [0, ", cache.num_tokens, ")"));
+    }
+    const planner::PageLayout layout = MakePageLayout(plan, cache.page_tokens);
+    for (size_t h = 0; h < plan.heads.size(); ++h) {
+      const int rb = plan.heads[h].layout.record_bytes;
+      for (int64_t t = first; t < first + n; ++t) {
+        std::memcpy(out, Record(cache, layout, plan.heads[h], h, t), rb);
+        out += rb;
       }
     }
     return absl::OkStatus();

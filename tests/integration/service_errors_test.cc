@@ -65,6 +65,7 @@ class ErrorsTest : public ::testing::Test {
   }
   void Start(service::ServerOptions o = {}) {
     o.address = "127.0.0.1:0";
+    o.backend = testing::TestBackend();
     o.data_dir = dir_;
     absl::StatusOr<std::unique_ptr<service::Server>> s = service::Server::Start(o);
     ASSERT_TRUE(s.ok()) << s.status();

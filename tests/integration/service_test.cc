@@ -78,6 +78,7 @@ class ServiceTest : public ::testing::Test {
 
   void StartServer(service::ServerOptions o = {}) {
     o.address = "127.0.0.1:0";
+    o.backend = testing::TestBackend();
     if (o.data_dir.empty()) o.data_dir = data_dir_;
     o.cpu_threads = 2;
     absl::StatusOr<std::unique_ptr<service::Server>> s = service::Server::Start(o);
@@ -314,8 +315,13 @@ TEST_F(ServiceTest, AttentionEqualsBackendBitForBitAndDenseFp64) {
       p.out = want.data();
       p.lse = want_lse.data();
       ASSERT_TRUE(backend->Attend(profile.layers[layer], local.view(tokens), p).ok());
-      EXPECT_EQ(out, want);  // bit-identical
-      EXPECT_EQ(lse, want_lse);
+      if (testing::TestOnCpu()) {
+        EXPECT_EQ(out, want);  // bit-identical
+        EXPECT_EQ(lse, want_lse);
+      } else {
+        EXPECT_LT(testing::RelativeError(out, want), 2e-3);
+        for (size_t i = 0; i < lse.size(); ++i) EXPECT_NEAR(lse[i], want_lse[i], 1e-3);
+      }
       // Dense fp64 attention over the cache as the server exports it.
       std::vector<float> k_hat, v_hat;
       pb::ReadRequest read;
@@ -407,7 +413,14 @@ TEST_F(ServiceTest, BatchStreamAndPackedRead) {
       const int rb = plan.heads[h].layout.record_bytes;
       for (uint32_t t = 0; t < c.tokens(); ++t) {
         const uint8_t* rec = local.storage()[0].data() + pl.head_offsets[h] + (c.token_start() + t) * rb;
-        EXPECT_EQ(0, std::memcmp(rec, c.packed().data() + pos, rb)) << "head " << h << " token " << t;
+        // Codes may differ at near-ties on another backend; the CPU is exact.
+        if (testing::TestOnCpu()) {
+          EXPECT_EQ(0, std::memcmp(rec, c.packed().data() + pos, rb)) << "head " << h << " token " << t;
+        } else {
+          int same = 0;
+          for (int b = 0; b < rb; ++b) same += rec[b] == static_cast<uint8_t>(c.packed()[pos + b]);
+          EXPECT_GE(same, rb - 2) << "head " << h << " token " << t;
+        }
         pos += rb;
       }
     }
@@ -469,7 +482,11 @@ TEST_F(ServiceTest, SixteenClientsConcurrently) {
         p.out = out.data();
         p.lse = lse.data();
         if (!backend->Attend(profile.layers[1], local.view(start + n), p).ok()) ++failures;
-        if (*client::TensorValues(r->results(0).output()) != out) { ADD_FAILURE() << id << " differs at " << start; ++failures; }
+        const std::vector<float> got = *client::TensorValues(r->results(0).output());
+        if (testing::TestOnCpu() ? got != out : testing::RelativeError(got, out) > 2e-3) {
+          ADD_FAILURE() << id << " differs at " << start;
+          ++failures;
+        }
       }
     });
   }

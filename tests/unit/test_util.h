@@ -104,6 +104,15 @@ double RelativeError(const A& a, const B& b) {
   return std::sqrt(num / den);
 }
 
+// The backend integration tests run the server on: $ROPEKV_TEST_BACKEND
+// (cpu, cuda or auto), default cpu. Comparisons that are bit-exact on the
+// CPU allow for float reordering on other backends.
+inline std::string TestBackend() {
+  const char* env = std::getenv("ROPEKV_TEST_BACKEND");
+  return env != nullptr ? env : "cpu";
+}
+inline bool TestOnCpu() { return TestBackend() == "cpu"; }
+
 // The shipped real activations, or "" when absent.
 inline std::string RealDataPath() {
   const char* env = std::getenv("ROPEKV_DATA_DIR");

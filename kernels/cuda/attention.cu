@@ -1,0 +1,262 @@
+// Fused decode attention over the paged packed cache (split-T flash
+// decoding). Never materialises K or V: each block copies a tile of packed
+// records into shared memory, computes logits against the rotated queries
+// of every query row of its KV head (thread per token), then accumulates
+// values in the rotated space (thread per dimension). Splits are merged by
+// lse in a second kernel, which also un-rotates the values once.
+#include <cfloat>
+
+#include "kernels/cuda/device_common.cuh"
+
+namespace ropekv::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 128;   // = tokens per tile
+constexpr int kRowChunk = 16;   // query rows per pass
+constexpr int kDimsPerThread = kMaxHeadDim / kThreads;
+
+__global__ void RotateQueriesKernel(RotateQueryParams p) {
+  __shared__ float x[kMaxHeadDim];
+  const int h = blockIdx.x, r = blockIdx.y, tid = threadIdx.x, d = p.head_dim;
+  const HeadPlanDevice& hp = p.heads[h];
+  const int rows = p.group * p.q_len;
+  const int g = r / p.q_len, i = r % p.q_len;
+  const float* q = p.queries + ((static_cast<long long>(h) * p.group + g) * p.q_len + i) * d;
+  for (int j = tid; j < d; j += blockDim.x) x[j] = q[hp.permutation[j]];
+  __syncthreads();
+  for (int j = tid; j < d; j += blockDim.x) {
+    const int grp = GroupOf(hp, j);
+    const int off = hp.group_offset[grp], dim = hp.group_dim[grp];
+    const float* row = hp.rotation[grp] + static_cast<long long>(j - off) * dim;
+    float s = 0.0f;
+    for (int k = 0; k < dim; ++k) s = fmaf(row[k], x[off + k], s);
+    p.rotated[(static_cast<long long>(h) * rows + r) * d + j] = s;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int split = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+  const int d = p.head_dim;
+  const HeadPlanDevice& hp = p.heads[h];
+  const int rb = hp.record_bytes;
+  // Shared layout: records [kThreads * rb] | q [kRowChunk * d] |
+  // s [kRowChunk * kThreads] | levels (key groups, then values) | row state.
+  unsigned char* records = smem;
+  float* q_s = reinterpret_cast<float*>(smem + ((kThreads * rb + 15) / 16) * 16);
+  float* s_s = q_s + kRowChunk * d;
+  float* levels = s_s + kRowChunk * kThreads;
+  int level_base[kMaxGroups];
+  int total_levels = 0;
+  for (int g = 0; g < hp.num_groups; ++g) {
+    level_base[g] = total_levels;
+    total_levels += 1 << hp.group_bits[g];
+  }
+  float* vlevels = levels + total_levels;
+  float* m_s = vlevels + (1 << hp.value_bits);
+  float* l_s = m_s + kRowChunk;
+  float* alpha_s = l_s + kRowChunk;
+  for (int g = 0; g < hp.num_groups; ++g) {
+    for (int c = tid; c < (1 << hp.group_bits[g]); c += kThreads) levels[level_base[g] + c] = hp.centroids[g][c];
+  }
+  for (int c = tid; c < (1 << hp.value_bits); c += kThreads) vlevels[c] = hp.value_centroids[c];
+
+  const long long begin = p.token_begin + split * p.tokens_per_split;
+  const long long end = min(p.token_end, begin + p.tokens_per_split);
+  const int warp = tid / 32, lane = tid % 32;
+
+  for (int row0 = 0; row0 < p.rows; row0 += kRowChunk) {
+    const int nrows = min(kRowChunk, p.rows - row0);
+    __syncthreads();
+    for (int idx = tid; idx < nrows * d; idx += kThreads) {
+      q_s[idx] = p.rotated[(static_cast<long long>(h) * p.rows + row0) * d + idx];
+    }
+    if (tid < kRowChunk) {
+      m_s[tid] = -FLT_MAX;  // finite: exp(m - new_m) stays well-defined
+      l_s[tid] = 0.0f;
+    }
+    float acc[kRowChunk][kDimsPerThread];
+#pragma unroll
+    for (int r = 0; r < kRowChunk; ++r) {
+#pragma unroll
+      for (int k = 0; k < kDimsPerThread; ++k) acc[r][k] = 0.0f;
+    }
+    for (long long tile = begin; tile < end; tile += kThreads) {
+      const int ntile = static_cast<int>(min(static_cast<long long>(kThreads), end - tile));
+      __syncthreads();
+      for (int idx = tid; idx < ntile * rb; idx += kThreads) {
+        const int t = idx / rb;
+        records[idx] = RecordAt(p.cache, hp, tile + t)[idx - t * rb];
+      }
+      __syncthreads();
+      // Logits: thread per token.
+      {
+        float logit[kRowChunk];
+#pragma unroll
+        for (int r = 0; r < kRowChunk; ++r) logit[r] = 0.0f;
+        if (tid < ntile) {
+          const unsigned char* rec = records + tid * rb;
+          for (int g = 0; g < hp.num_groups; ++g) {
+            float part[kRowChunk];
+#pragma unroll
+            for (int r = 0; r < kRowChunk; ++r) part[r] = 0.0f;
+            const int off = hp.group_offset[g], bits = hp.group_bits[g];
+            const float* lv = levels + level_base[g];
+            for (int j = 0; j < hp.group_dim[g]; ++j) {
+              const float c = lv[ReadCode(rec + hp.key_codes_offset,
+                                          hp.group_code_bit_offset[g] + j * bits, bits)];
+#pragma unroll
+              for (int r = 0; r < kRowChunk; ++r) {
+                if (r < nrows) part[r] = fmaf(q_s[r * d + off + j], c, part[r]);
+              }
+            }
+            const float n = LoadHalf(rec + hp.key_norms_offset + 2 * g);
+#pragma unroll
+            for (int r = 0; r < kRowChunk; ++r) logit[r] = fmaf(n, part[r], logit[r]);
+          }
+        }
+        const long long tok = tile + tid;
+#pragma unroll
+        for (int r = 0; r < kRowChunk; ++r) {
+          if (r >= nrows) break;
+          const int i = (row0 + r) % p.q_len;
+          const bool visible = tid < ntile && (!p.causal || tok <= p.causal_offset + i);
+          s_s[r * kThreads + tid] = visible ? logit[r] * p.scale : -INFINITY;
+        }
+      }
+      __syncthreads();
+      // Online softmax per row: warp w owns rows w, w+4, ...
+      for (int r = warp; r < nrows; r += kThreads / 32) {
+        float mx = -INFINITY;
+        for (int t = lane; t < kThreads; t += 32) mx = fmaxf(mx, s_s[r * kThreads + t]);
+        for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        const float new_m = fmaxf(m_s[r], mx);
+        float sum = 0.0f;
+        for (int t = lane; t < kThreads; t += 32) {
+          const float e = s_s[r * kThreads + t] == -INFINITY ? 0.0f : __expf(s_s[r * kThreads + t] - new_m);
+          s_s[r * kThreads + t] = e;
+          sum += e;
+        }
+        for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (lane == 0) {
+          const float a = __expf(m_s[r] - new_m);
+          alpha_s[r] = a;
+          l_s[r] = l_s[r] * a + sum;
+          m_s[r] = new_m;
+        }
+      }
+      __syncthreads();
+      // Values: thread per dimension, in the rotated space.
+#pragma unroll
+      for (int k = 0; k < kDimsPerThread; ++k) {
+        const int dim = tid + k * kThreads;
+        if (dim >= d) break;
+#pragma unroll
+        for (int r = 0; r < kRowChunk; ++r) acc[r][k] *= (r < nrows ? alpha_s[r] : 1.0f);
+        for (int t = 0; t < ntile; ++t) {
+          const unsigned char* rec = records + t * rb;
+          const float v = LoadHalf(rec + hp.value_norm_offset) *
+                          vlevels[ReadCode(rec + hp.value_codes_offset, dim * hp.value_bits, hp.value_bits)];
+#pragma unroll
+          for (int r = 0; r < kRowChunk; ++r) {
+            if (r < nrows) acc[r][k] = fmaf(s_s[r * kThreads + t], v, acc[r][k]);
+          }
+        }
+      }
+    }
+    __syncthreads();
+    const long long base = (static_cast<long long>(h) * p.num_splits + split) * p.rows + row0;
+#pragma unroll
+    for (int r = 0; r < kRowChunk; ++r) {
+      if (r >= nrows) break;
+      const float l = l_s[r];
+#pragma unroll
+      for (int k = 0; k < kDimsPerThread; ++k) {
+        const int dim = tid + k * kThreads;
+        if (dim < d) p.partial_out[(base + r) * d + dim] = l > 0.0f ? acc[r][k] / l : 0.0f;
+      }
+      if (tid == 0) p.partial_lse[base + r] = l > 0.0f ? m_s[r] + logf(l) : -INFINITY;
+    }
+  }
+}
+
+__global__ void MergeKernel(MergeParams p) {
+  __shared__ float o[kMaxHeadDim];
+  __shared__ float weight_sum;
+  __shared__ float max_lse;
+  const int h = blockIdx.x, r = blockIdx.y, tid = threadIdx.x, d = p.head_dim;
+  const HeadPlanDevice& hp = p.heads[h];
+  const int rows = p.group * p.q_len;
+  if (tid == 0) {
+    float m = -INFINITY;
+    for (int s = 0; s < p.num_splits; ++s) {
+      m = fmaxf(m, p.partial_lse[(static_cast<long long>(h) * p.num_splits + s) * rows + r]);
+    }
+    float w = 0.0f;
+    if (m != -INFINITY) {
+      for (int s = 0; s < p.num_splits; ++s) {
+        w += __expf(p.partial_lse[(static_cast<long long>(h) * p.num_splits + s) * rows + r] - m);
+      }
+    }
+    max_lse = m;
+    weight_sum = w;
+  }
+  __syncthreads();
+  const int g = r / p.q_len, i = r % p.q_len;
+  const long long out_row = (static_cast<long long>(h) * p.group + g) * p.q_len + i;
+  if (max_lse == -INFINITY) {
+    for (int j = tid; j < d; j += blockDim.x) p.out[out_row * d + j] = 0.0f;
+    if (tid == 0) p.lse[out_row] = -INFINITY;
+    return;
+  }
+  for (int j = tid; j < d; j += blockDim.x) {
+    float s = 0.0f;
+    for (int sp = 0; sp < p.num_splits; ++sp) {
+      const long long idx = (static_cast<long long>(h) * p.num_splits + sp) * rows + r;
+      const float w = __expf(p.partial_lse[idx] - max_lse);
+      if (w > 0.0f) s = fmaf(w, p.partial_out[idx * d + j], s);
+    }
+    o[j] = s / weight_sum;
+  }
+  __syncthreads();
+  // out = R_v^T o: column j of R_v^T is row j of R_v... entry (j, k) = R_v[k][j].
+  for (int j = tid; j < d; j += blockDim.x) {
+    float s = 0.0f;
+    for (int k = 0; k < d; ++k) s = fmaf(hp.value_rotation[static_cast<long long>(k) * d + j], o[k], s);
+    p.out[out_row * d + j] = s;
+  }
+  if (tid == 0) p.lse[out_row] = max_lse + logf(weight_sum);
+}
+
+size_t AttendSharedBytes(const AttendParams& p, int max_record_bytes, int max_levels) {
+  return ((kThreads * max_record_bytes + 15) / 16) * 16 +
+         sizeof(float) * (kRowChunk * p.head_dim + kRowChunk * kThreads + max_levels + 3 * kRowChunk);
+}
+
+}  // namespace
+
+cudaError_t LaunchRotateQueries(const RotateQueryParams& p, cudaStream_t stream) {
+  const dim3 grid(p.num_kv_heads, p.group * p.q_len);
+  RotateQueriesKernel<<<grid, 128, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchAttend(const AttendParams& p, cudaStream_t stream) {
+  const size_t smem = AttendSharedBytes(p, p.max_record_bytes, p.max_levels);
+  if (smem > 48 * 1024) {  // opt in to large shared memory (Hopper: up to 227 KB)
+    const cudaError_t err = cudaFuncSetAttribute(
+        AttendKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  const dim3 grid(p.num_splits, p.num_kv_heads);
+  AttendKernel<<<grid, kThreads, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream) {
+  const dim3 grid(p.num_kv_heads, p.group * p.q_len);
+  MergeKernel<<<grid, 128, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace ropekv::kernels::cuda

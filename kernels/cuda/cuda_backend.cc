@@ -1,0 +1,546 @@
+// Host adapter of the CUDA kernels: plans to the device, host buffers in and
+// out, cudaError_t to absl::Status.
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "kernels/cuda/device_plan.cuh"
+
+namespace ropekv::kernels {
+namespace {
+
+namespace dev = ::ropekv::kernels::cuda;
+
+// Returns the mapped status from the enclosing method on a CUDA error.
+#define RETURN_IF_CUDA(expr, what)                       \
+  do {                                                   \
+    const cudaError_t err_ = (expr);                     \
+    if (err_ != cudaSuccess) return CudaError(err_, what); \
+  } while (0)
+
+// A device buffer that only grows (warm-up allocations; none afterwards).
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  size_t size = 0;
+  cudaError_t Ensure(size_t bytes) {
+    if (bytes <= size) return cudaSuccess;
+    if (ptr != nullptr) cudaFree(ptr);
+    ptr = nullptr;
+    size = 0;
+    const size_t grown = std::max(bytes, size * 2);
+    cudaError_t err = cudaMalloc(&ptr, grown);
+    if (err == cudaSuccess) size = grown;
+    return err;
+  }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr); }
+};
+
+// One layer's plans in device memory.
+struct DevicePlan {
+  void* blob = nullptr;                   // matrices, codebooks, permutations
+  dev::HeadPlanDevice* heads = nullptr;   // [num_heads]
+  int num_heads = 0;
+  int head_dim = 0;
+  int max_record_bytes = 0;
+  int max_levels = 0;
+};
+
+uint64_t Fingerprint(const planner::LayerPlan& plan) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&](uint64_t v) {
+    h ^= v;
+    h *= 0x100000001b3ull;
+  };
+  auto mixf = [&](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    mix(u);
+  };
+  for (const planner::HeadPlan& hp : plan.heads) {
+    mix(hp.head_dim);
+    for (int b : hp.block_bits) mix(b);
+    for (const planner::KeyGroupPlan& g : hp.key_groups) {
+      mix(g.rotation_seed);
+      mixf(g.rotation.front());
+      mixf(g.rotation.back());
+    }
+    mix(hp.value_bits);
+    mix(hp.value_rotation_seed);
+    mixf(hp.value_rotation.front());
+    mixf(hp.value_rotation[1]);
+  }
+  return h;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int device, cudaStream_t stream, int sm_count)
+      : device_(device), stream_(stream), sm_count_(sm_count),
+        cpu_(CreateCpuBackend({.num_threads = 2})) {}
+
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    for (auto& [key, plan] : plans_) {
+      cudaFree(plan.blob);
+      cudaFree(plan.heads);
+    }
+    for (DeviceBuffer* b : {&in_k_, &in_v_, &out_k_, &out_v_, &page_table_, &rotated_,
+                            &partial_out_, &partial_lse_, &out_, &lse_, &flag_}) {
+      if (b->ptr != nullptr) cudaFree(b->ptr);
+    }
+    cudaStreamDestroy(stream_);
+  }
+
+  const char* name() const override { return "cuda"; }
+  bool healthy() const override {
+    absl::MutexLock lock(&mu_);
+    return sticky_.ok();
+  }
+
+  absl::Status EncodeLayer(const planner::LayerPlan& plan, const PagedLayerView& cache,
+                           int64_t first_token, const float* keys, const float* values,
+                           int64_t num_tokens) override {
+    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
+    if (first_token < 0 || num_tokens < 0 ||
+        first_token + num_tokens > cache.num_pages * cache.page_tokens) {
+      return absl::OutOfRangeError(absl::StrCat("tokens [", first_token, ", ",
+                                                first_token + num_tokens,
+                                                ") do not fit the cache's page slots"));
+    }
+    if (num_tokens == 0) return absl::OkStatus();
+    const int d = plan.heads[0].head_dim;
+    const size_t n = plan.heads.size() * static_cast<size_t>(num_tokens) * d;
+    for (const float* src : {keys, values}) {
+      for (size_t i = 0; i < n; ++i) {
+        if (!std::isfinite(src[i])) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              src == keys ? "key" : "value", ": expected finite values, got ", src[i],
+              " at kv_head ", i / (num_tokens * d), " token ",
+              first_token + static_cast<int64_t>(i / d % num_tokens)));
+        }
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    if (!sticky_.ok()) return sticky_;
+    absl::StatusOr<const DevicePlan*> dp = Upload(plan);
+    if (!dp.ok()) return dp.status();
+    RETURN_IF_CUDA(in_k_.Ensure(n * 4), "staging");
+    RETURN_IF_CUDA(in_v_.Ensure(n * 4), "staging");
+    RETURN_IF_CUDA(flag_.Ensure(4), "flag");
+    RETURN_IF_CUDA(cudaMemcpyAsync(in_k_.ptr, keys, n * 4, cudaMemcpyHostToDevice, stream_), "copy keys");
+    RETURN_IF_CUDA(cudaMemcpyAsync(in_v_.ptr, values, n * 4, cudaMemcpyHostToDevice, stream_), "copy values");
+    RETURN_IF_CUDA(cudaMemsetAsync(flag_.ptr, 0, 4, stream_), "flag");
+    dev::EncodeParams p{};
+    p.heads = (*dp)->heads;
+    p.num_heads = (*dp)->num_heads;
+    p.head_dim = d;
+    p.keys = in_k_.as<float>();
+    p.values = in_v_.as<float>();
+    p.num_tokens = num_tokens;
+    p.first_token = first_token;
+    absl::StatusOr<dev::PagedLayerDevice> pages = UploadPages(cache);
+    if (!pages.ok()) return pages.status();
+    p.cache = *pages;
+    p.overflow = flag_.as<int>();
+    last_encode_ = p;
+    RETURN_IF_CUDA(dev::LaunchEncode(p, stream_), "encode launch");
+    int overflow = 0;
+    RETURN_IF_CUDA(cudaMemcpyAsync(&overflow, flag_.ptr, 4, cudaMemcpyDeviceToHost, stream_), "flag");
+    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "encode");
+    if (overflow != 0) {
+      return absl::InvalidArgumentError("a vector norm is beyond the fp16 range of stored norms");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status DecodeLayer(const planner::LayerPlan& plan, const PagedLayerView& cache,
+                           int64_t first_token, int64_t num_tokens, float* keys,
+                           float* values) override {
+    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
+    if (first_token < 0 || num_tokens < 0 || first_token + num_tokens > cache.num_tokens) {
+      return absl::OutOfRangeError(absl::StrCat("tokens [", first_token, ", ",
+                                                first_token + num_tokens, "): expected within [0, ",
+                                                cache.num_tokens, ")"));
+    }
+    if (num_tokens == 0) return absl::OkStatus();
+    absl::MutexLock lock(&mu_);
+    if (!sticky_.ok()) return sticky_;
+    absl::StatusOr<const DevicePlan*> dp = Upload(plan);
+    if (!dp.ok()) return dp.status();
+    const size_t n = plan.heads.size() * static_cast<size_t>(num_tokens) * (*dp)->head_dim;
+    RETURN_IF_CUDA(out_k_.Ensure(n * 4), "staging");
+    RETURN_IF_CUDA(out_v_.Ensure(n * 4), "staging");
+    dev::DecodeParams p{};
+    p.heads = (*dp)->heads;
+    p.num_heads = (*dp)->num_heads;
+    p.head_dim = (*dp)->head_dim;
+    p.first_token = first_token;
+    p.num_tokens = num_tokens;
+    absl::StatusOr<dev::PagedLayerDevice> pages = UploadPages(cache);
+    if (!pages.ok()) return pages.status();
+    p.cache = *pages;
+    p.keys = keys != nullptr ? out_k_.as<float>() : nullptr;
+    p.values = values != nullptr ? out_v_.as<float>() : nullptr;
+    RETURN_IF_CUDA(dev::LaunchDecode(p, stream_), "decode launch");
+    if (keys != nullptr) RETURN_IF_CUDA(cudaMemcpyAsync(keys, out_k_.ptr, n * 4, cudaMemcpyDeviceToHost, stream_), "copy");
+    if (values != nullptr) RETURN_IF_CUDA(cudaMemcpyAsync(values, out_v_.ptr, n * 4, cudaMemcpyDeviceToHost, stream_), "copy");
+    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "decode");
+    return absl::OkStatus();
+  }
+
+  absl::Status Attend(const planner::LayerPlan& plan, const PagedLayerView& cache,
+                      const AttentionParams& a) override {
+    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
+    const int num_kv = static_cast<int>(plan.heads.size());
+    if (a.q_len < 1) return absl::InvalidArgumentError(absl::StrCat("q_len: expected >= 1, got ", a.q_len));
+    if (a.num_q_heads < 1 || a.num_q_heads % num_kv != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("num_q_heads: expected a positive multiple of ",
+                                                     num_kv, " KV heads, got ", a.num_q_heads));
+    }
+    if (a.queries == nullptr || a.out == nullptr || a.lse == nullptr) {
+      return absl::InvalidArgumentError("queries/out/lse: expected buffers");
+    }
+    const int64_t end = a.token_end < 0 ? cache.num_tokens : a.token_end;
+    if (a.token_begin < 0 || a.token_begin > end || end > cache.num_tokens) {
+      return absl::OutOfRangeError(absl::StrCat("token range [", a.token_begin, ", ", end,
+                                                "): expected within [0, ", cache.num_tokens, "]"));
+    }
+    if (!std::isfinite(a.scale)) return absl::InvalidArgumentError("scale: expected a finite value");
+    absl::MutexLock lock(&mu_);
+    if (!sticky_.ok()) return sticky_;
+    absl::StatusOr<const DevicePlan*> dp = Upload(plan);
+    if (!dp.ok()) return dp.status();
+    const int d = (*dp)->head_dim;
+    const int group = a.num_q_heads / num_kv;
+    const int rows = group * a.q_len;
+    const size_t q_floats = static_cast<size_t>(a.num_q_heads) * a.q_len * d;
+    // Split the range so that about two blocks per SM run.
+    const int64_t tokens = end - a.token_begin;
+    const int64_t tiles = std::max<int64_t>(1, (tokens + 127) / 128);
+    int64_t splits = std::min<int64_t>(tiles, std::max<int64_t>(1, (2 * sm_count_ + num_kv - 1) / num_kv));
+    const int64_t per_split = ((tiles + splits - 1) / splits) * 128;
+    splits = std::max<int64_t>(1, (tokens + per_split - 1) / per_split);
+    RETURN_IF_CUDA(in_k_.Ensure(q_floats * 4), "staging");
+    RETURN_IF_CUDA(rotated_.Ensure(q_floats * 4), "staging");
+    RETURN_IF_CUDA(partial_out_.Ensure(static_cast<size_t>(num_kv) * splits * rows * d * 4), "workspace");
+    RETURN_IF_CUDA(partial_lse_.Ensure(static_cast<size_t>(num_kv) * splits * rows * 4), "workspace");
+    RETURN_IF_CUDA(out_.Ensure(q_floats * 4), "staging");
+    RETURN_IF_CUDA(lse_.Ensure(static_cast<size_t>(a.num_q_heads) * a.q_len * 4), "staging");
+    RETURN_IF_CUDA(cudaMemcpyAsync(in_k_.ptr, a.queries, q_floats * 4, cudaMemcpyHostToDevice, stream_), "copy queries");
+    absl::StatusOr<dev::PagedLayerDevice> pages = UploadPages(cache);
+    if (!pages.ok()) return pages.status();
+
+    dev::RotateQueryParams rq{(*dp)->heads, num_kv, d, group, a.q_len, in_k_.as<float>(),
+                              rotated_.as<float>()};
+    last_rotate_ = rq;
+    RETURN_IF_CUDA(dev::LaunchRotateQueries(rq, stream_), "rotate launch");
+    dev::AttendParams ap{};
+    ap.heads = (*dp)->heads;
+    ap.num_kv_heads = num_kv;
+    ap.head_dim = d;
+    ap.rows = rows;
+    ap.q_len = a.q_len;
+    ap.rotated = rotated_.as<float>();
+    ap.causal = a.causal ? 1 : 0;
+    ap.causal_offset = a.causal_offset;
+    ap.scale = a.scale;
+    ap.token_begin = a.token_begin;
+    ap.token_end = end;
+    ap.cache = *pages;
+    ap.num_splits = static_cast<int>(splits);
+    ap.tokens_per_split = per_split;
+    ap.max_record_bytes = (*dp)->max_record_bytes;
+    ap.max_levels = (*dp)->max_levels;
+    ap.partial_out = partial_out_.as<float>();
+    ap.partial_lse = partial_lse_.as<float>();
+    last_attend_ = ap;
+    RETURN_IF_CUDA(dev::LaunchAttend(ap, stream_), "attend launch");
+    dev::MergeParams mp{(*dp)->heads, num_kv, d, group, a.q_len, static_cast<int>(splits),
+                        partial_out_.as<float>(), partial_lse_.as<float>(), out_.as<float>(),
+                        lse_.as<float>()};
+    last_merge_ = mp;
+    RETURN_IF_CUDA(dev::LaunchMerge(mp, stream_), "merge launch");
+    RETURN_IF_CUDA(cudaMemcpyAsync(a.out, out_.ptr, q_floats * 4, cudaMemcpyDeviceToHost, stream_), "copy out");
+    RETURN_IF_CUDA(cudaMemcpyAsync(a.lse, lse_.ptr, static_cast<size_t>(a.num_q_heads) * a.q_len * 4,
+                                   cudaMemcpyDeviceToHost, stream_), "copy lse");
+    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "attend");
+    return absl::OkStatus();
+  }
+
+  // Benchmark support (see cuda_backend.h): the same launches as Attend /
+  // EncodeLayer, repeated between events.
+  absl::StatusOr<double> TimeAttend(const planner::LayerPlan& plan, const PagedLayerView& cache,
+                                    const AttentionParams& a, int iterations) {
+    // One real call stages queries, page table and workspace on the device.
+    std::vector<float> out(static_cast<size_t>(a.num_q_heads) * a.q_len * plan.heads[0].head_dim);
+    std::vector<float> lse(static_cast<size_t>(a.num_q_heads) * a.q_len);
+    AttentionParams warm = a;
+    warm.out = out.data();
+    warm.lse = lse.data();
+    if (absl::Status s = Attend(plan, cache, warm); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    return TimeLaunches(iterations, [&] {
+      cudaError_t e = dev::LaunchRotateQueries(last_rotate_, stream_);
+      if (e == cudaSuccess) e = dev::LaunchAttend(last_attend_, stream_);
+      if (e == cudaSuccess) e = dev::LaunchMerge(last_merge_, stream_);
+      return e;
+    });
+  }
+
+  absl::StatusOr<double> TimeEncode(const planner::LayerPlan& plan, const PagedLayerView& cache,
+                                    const float* keys, const float* values, int64_t n,
+                                    int iterations) {
+    if (absl::Status s = EncodeLayer(plan, cache, 0, keys, values, n); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    return TimeLaunches(iterations, [&] { return dev::LaunchEncode(last_encode_, stream_); });
+  }
+
+  absl::Status AttendDense(int num_kv, int head_dim, const DenseKvView& kv,
+                           const AttentionParams& p) override {
+    return cpu_->AttendDense(num_kv, head_dim, kv, p);  // fp16 tokens live in host memory
+  }
+
+  absl::Status MergeStates(const MergeParams& p) override { return cpu_->MergeStates(p); }
+
+  absl::StatusOr<uint8_t*> AllocateArena(int64_t bytes) override {
+    absl::MutexLock lock(&mu_);
+    void* ptr = nullptr;
+    const cudaError_t err = cudaMalloc(&ptr, static_cast<size_t>(bytes));
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot reserve ", bytes, " bytes of device memory: ", cudaGetErrorString(err)));
+    }
+    return static_cast<uint8_t*>(ptr);
+  }
+
+  void FreeArena(uint8_t* arena) override { cudaFree(arena); }
+
+  absl::Status ReadRecords(const planner::LayerPlan& plan, const PagedLayerView& cache,
+                           int64_t first, int64_t n, uint8_t* out) override {
+    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
+    if (first < 0 || n < 0 || first + n > cache.num_tokens) {
+      return absl::OutOfRangeError(absl::StrCat("tokens [", first, ", ", first + n,
+                                                "): expected within [0, ", cache.num_tokens, ")"));
+    }
+    absl::MutexLock lock(&mu_);
+    if (!sticky_.ok()) return sticky_;
+    const planner::PageLayout layout = planner::MakePageLayout(plan, cache.page_tokens);
+    for (size_t h = 0; h < plan.heads.size(); ++h) {
+      const int rb = plan.heads[h].layout.record_bytes;
+      for (int64_t t = first; t < first + n;) {
+        const int64_t slot = t % cache.page_tokens;
+        const int64_t run = std::min<int64_t>(first + n - t, cache.page_tokens - slot);
+        const uint8_t* src = cache.pages[t / cache.page_tokens] + layout.head_offsets[h] + slot * rb;
+        RETURN_IF_CUDA(cudaMemcpyAsync(out, src, run * rb, cudaMemcpyDeviceToHost, stream_), "copy records");
+        out += run * rb;
+        t += run;
+      }
+    }
+    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "read records");
+    return absl::OkStatus();
+  }
+
+ private:
+  absl::Status CudaError(cudaError_t err, const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const absl::Status s = absl::UnavailableError(
+        absl::StrCat("CUDA error in ", what, ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
+    // Errors that leave the context unusable are sticky.
+    if (err == cudaErrorIllegalAddress || err == cudaErrorLaunchFailure ||
+        err == cudaErrorHardwareStackError || err == cudaErrorIllegalInstruction ||
+        err == cudaErrorMisalignedAddress || err == cudaErrorInvalidAddressSpace ||
+        err == cudaErrorInvalidPc || err == cudaErrorECCUncorrectable) {
+      sticky_ = s;
+    } else {
+      cudaGetLastError();  // clear a non-sticky error
+    }
+    return s;
+  }
+
+  template <typename Launch>
+  absl::StatusOr<double> TimeLaunches(int iterations, Launch launch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    cudaEvent_t start, stop;
+    RETURN_IF_CUDA(cudaEventCreate(&start), "event");
+    RETURN_IF_CUDA(cudaEventCreate(&stop), "event");
+    for (int i = 0; i < 3; ++i) RETURN_IF_CUDA(launch(), "warm-up");
+    RETURN_IF_CUDA(cudaEventRecord(start, stream_), "event");
+    for (int i = 0; i < iterations; ++i) RETURN_IF_CUDA(launch(), "timed launch");
+    RETURN_IF_CUDA(cudaEventRecord(stop, stream_), "event");
+    RETURN_IF_CUDA(cudaEventSynchronize(stop), "event");
+    float ms = 0;
+    RETURN_IF_CUDA(cudaEventElapsedTime(&ms, start, stop), "event");
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return 1000.0 * ms / iterations;
+  }
+
+  static absl::Status CheckView(const planner::LayerPlan& plan, const PagedLayerView& c) {
+    if (plan.heads.empty()) return absl::InvalidArgumentError("plan: expected at least one KV head");
+    if (plan.heads[0].head_dim > dev::kMaxHeadDim) {
+      return absl::InvalidArgumentError("head_dim: above the CUDA kernels' limit");
+    }
+    if (c.page_tokens < 1 || c.num_pages < 0 || (c.num_pages > 0 && c.pages == nullptr) ||
+        c.num_tokens < 0 || c.num_tokens > c.num_pages * c.page_tokens) {
+      return absl::InvalidArgumentError("cache: inconsistent page view");
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<dev::PagedLayerDevice> UploadPages(const PagedLayerView& c)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(1, c.num_pages)) * sizeof(uint8_t*);
+    RETURN_IF_CUDA(page_table_.Ensure(bytes), "page table");
+    if (c.num_pages > 0) {
+      RETURN_IF_CUDA(cudaMemcpyAsync(page_table_.ptr, c.pages, c.num_pages * sizeof(uint8_t*),
+                                     cudaMemcpyHostToDevice, stream_), "page table");
+    }
+    return dev::PagedLayerDevice{page_table_.as<uint8_t* const>(), c.page_tokens};
+  }
+
+  absl::StatusOr<const DevicePlan*> Upload(const planner::LayerPlan& plan)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const uint64_t key = Fingerprint(plan);
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return &it->second;
+    // One blob: per head, permutation (ints), then float arrays.
+    std::vector<char> blob;
+    auto put = [&](const void* data, size_t bytes) {
+      const size_t at = (blob.size() + 15) / 16 * 16;
+      blob.resize(at + bytes);
+      std::memcpy(blob.data() + at, data, bytes);
+      return at;
+    };
+    struct Offsets {
+      size_t perm, rot[dev::kMaxGroups], cent[dev::kMaxGroups], bound[dev::kMaxGroups], vrot, vcent, vbound;
+    };
+    std::vector<Offsets> offs(plan.heads.size());
+    std::vector<dev::HeadPlanDevice> heads(plan.heads.size());
+    DevicePlan dp;
+    dp.num_heads = static_cast<int>(plan.heads.size());
+    dp.head_dim = plan.heads[0].head_dim;
+    int prefix = 0;
+    for (size_t h = 0; h < plan.heads.size(); ++h) {
+      const planner::HeadPlan& hp = plan.heads[h];
+      if (hp.key_groups.size() > dev::kMaxGroups) return absl::InvalidArgumentError("plan: too many key groups");
+      offs[h].perm = put(hp.permutation.data(), hp.permutation.size() * sizeof(int));
+      dev::HeadPlanDevice& d = heads[h];
+      d = {};
+      d.head_dim = hp.head_dim;
+      d.num_groups = static_cast<int>(hp.key_groups.size());
+      int levels = 0;
+      for (size_t g = 0; g < hp.key_groups.size(); ++g) {
+        const planner::KeyGroupPlan& kg = hp.key_groups[g];
+        d.group_bits[g] = kg.bits;
+        d.group_offset[g] = kg.offset;
+        d.group_dim[g] = kg.dim;
+        d.group_code_bit_offset[g] = kg.code_bit_offset;
+        offs[h].rot[g] = put(kg.rotation.data(), kg.rotation.size() * 4);
+        offs[h].cent[g] = put(kg.codebook.centroids.data(), kg.codebook.centroids.size() * 4);
+        offs[h].bound[g] = put(kg.codebook.boundaries.data(), kg.codebook.boundaries.size() * 4 + 4);
+        levels += 1 << kg.bits;
+      }
+      d.value_bits = hp.value_bits;
+      offs[h].vrot = put(hp.value_rotation.data(), hp.value_rotation.size() * 4);
+      offs[h].vcent = put(hp.value_codebook.centroids.data(), hp.value_codebook.centroids.size() * 4);
+      offs[h].vbound = put(hp.value_codebook.boundaries.data(), hp.value_codebook.boundaries.size() * 4 + 4);
+      d.key_norms_offset = hp.layout.key_norms_offset;
+      d.value_norm_offset = hp.layout.value_norm_offset;
+      d.key_codes_offset = hp.layout.key_codes_offset;
+      d.key_code_bits = hp.layout.key_code_bits;
+      d.value_codes_offset = hp.layout.value_codes_offset;
+      d.record_bytes = hp.layout.record_bytes;
+      d.record_prefix = prefix;
+      prefix += hp.layout.record_bytes;
+      dp.max_record_bytes = std::max(dp.max_record_bytes, hp.layout.record_bytes);
+      dp.max_levels = std::max(dp.max_levels, levels + (1 << hp.value_bits));
+    }
+    RETURN_IF_CUDA(cudaMalloc(&dp.blob, blob.size()), "plan upload");
+    RETURN_IF_CUDA(cudaMemcpy(dp.blob, blob.data(), blob.size(), cudaMemcpyHostToDevice), "plan upload");
+    char* base = static_cast<char*>(dp.blob);
+    for (size_t h = 0; h < heads.size(); ++h) {
+      dev::HeadPlanDevice& d = heads[h];
+      d.permutation = reinterpret_cast<const int*>(base + offs[h].perm);
+      for (int g = 0; g < d.num_groups; ++g) {
+        d.rotation[g] = reinterpret_cast<const float*>(base + offs[h].rot[g]);
+        d.centroids[g] = reinterpret_cast<const float*>(base + offs[h].cent[g]);
+        d.boundaries[g] = reinterpret_cast<const float*>(base + offs[h].bound[g]);
+      }
+      d.value_rotation = reinterpret_cast<const float*>(base + offs[h].vrot);
+      d.value_centroids = reinterpret_cast<const float*>(base + offs[h].vcent);
+      d.value_boundaries = reinterpret_cast<const float*>(base + offs[h].vbound);
+    }
+    RETURN_IF_CUDA(cudaMalloc(reinterpret_cast<void**>(&dp.heads), heads.size() * sizeof(dev::HeadPlanDevice)), "plan upload");
+    RETURN_IF_CUDA(cudaMemcpy(dp.heads, heads.data(), heads.size() * sizeof(dev::HeadPlanDevice),
+                              cudaMemcpyHostToDevice), "plan upload");
+    return &plans_.emplace(key, dp).first->second;
+  }
+
+  const int device_;
+  cudaStream_t stream_;
+  const int sm_count_;
+  std::unique_ptr<Backend> cpu_;  // fp16 sinks/window and merges of host data
+  mutable absl::Mutex mu_;
+  absl::Status sticky_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, DevicePlan> plans_ ABSL_GUARDED_BY(mu_);
+  DeviceBuffer in_k_, in_v_, out_k_, out_v_, page_table_, rotated_, partial_out_, partial_lse_,
+      out_, lse_, flag_;
+  // The last launches' parameters, replayed by the timing helpers.
+  dev::EncodeParams last_encode_ ABSL_GUARDED_BY(mu_) = {};
+  dev::RotateQueryParams last_rotate_ ABSL_GUARDED_BY(mu_) = {};
+  dev::AttendParams last_attend_ ABSL_GUARDED_BY(mu_) = {};
+  dev::MergeParams last_merge_ ABSL_GUARDED_BY(mu_) = {};
+};
+
+}  // namespace
+
+absl::StatusOr<double> TimeAttendKernels(Backend& backend, const planner::LayerPlan& plan,
+                                         const PagedLayerView& cache,
+                                         const AttentionParams& params, int iterations) {
+  return static_cast<CudaBackend&>(backend).TimeAttend(plan, cache, params, iterations);
+}
+
+absl::StatusOr<double> TimeEncodeKernel(Backend& backend, const planner::LayerPlan& plan,
+                                        const PagedLayerView& cache, const float* keys,
+                                        const float* values, int64_t num_tokens, int iterations) {
+  return static_cast<CudaBackend&>(backend).TimeEncode(plan, cache, keys, values, num_tokens,
+                                                       iterations);
+}
+
+int CudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options) {
+  const int count = CudaDeviceCount();
+  if (options.device < 0 || options.device >= count) {
+    return absl::UnavailableError(absl::StrCat("CUDA device ", options.device, " not visible (",
+                                               count, " devices)"));
+  }
+  cudaError_t err = cudaSetDevice(options.device);
+  int sms = 0;
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, options.device);
+  cudaStream_t stream = nullptr;
+  if (err == cudaSuccess) err = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  if (err != cudaSuccess) {
+    return absl::UnavailableError(absl::StrCat("CUDA device ", options.device, ": ", cudaGetErrorString(err)));
+  }
+  return std::unique_ptr<Backend>(new CudaBackend(options.device, stream, sms));
+}
+
+}  // namespace ropekv::kernels

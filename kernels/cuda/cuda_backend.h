@@ -1,0 +1,45 @@
+// The CUDA implementation of kernels::Backend: pages in device memory, the
+// kernels of codec.cu and attention.cu, host buffers in and out.
+//
+// Each layer plan is uploaded to the device once (cached by content) and
+// reused. Work goes through one stream per backend; calls are serialized
+// by a mutex in this version. CUDA errors map to UNAVAILABLE (INTERNAL for
+// launch-configuration errors); a sticky error makes every later call fail
+// and healthy() false.
+//
+// Thread safety: all methods are thread-safe.
+#ifndef ROPEKV_KERNELS_CUDA_CUDA_BACKEND_H_
+#define ROPEKV_KERNELS_CUDA_CUDA_BACKEND_H_
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+
+namespace ropekv::kernels {
+
+struct CudaBackendOptions {
+  int device = 0;
+};
+
+// UNAVAILABLE when no device is visible or the device cannot be used.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions& options = {});
+
+// Number of visible CUDA devices (0 when none or no driver).
+int CudaDeviceCount();
+
+// Kernel timings for the benchmark program: runs the device work of one
+// Attend (query rotation, split attention, merge) or one EncodeLayer
+// `iterations` times back to back on the backend's stream, with inputs
+// already on the device, and returns the mean microseconds per call
+// between CUDA events. REQUIRES: `backend` came from CreateCudaBackend.
+absl::StatusOr<double> TimeAttendKernels(Backend& backend, const planner::LayerPlan& plan,
+                                         const PagedLayerView& cache,
+                                         const AttentionParams& params, int iterations);
+absl::StatusOr<double> TimeEncodeKernel(Backend& backend, const planner::LayerPlan& plan,
+                                        const PagedLayerView& cache, const float* keys,
+                                        const float* values, int64_t num_tokens, int iterations);
+
+}  // namespace ropekv::kernels
+
+#endif  // ROPEKV_KERNELS_CUDA_CUDA_BACKEND_H_

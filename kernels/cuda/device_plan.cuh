@@ -1,0 +1,125 @@
+// POD parameter structs of the CUDA kernels (framework-free, C++17).
+//
+// A HeadPlanDevice mirrors planner::HeadPlan with device pointers; the host
+// adapter (cuda_backend.cc) uploads each layer's plans once and reuses them.
+// Shapes are in the comments; every pointer is device memory.
+#ifndef ROPEKV_KERNELS_CUDA_DEVICE_PLAN_CUH_
+#define ROPEKV_KERNELS_CUDA_DEVICE_PLAN_CUH_
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace ropekv::kernels::cuda {
+
+constexpr int kMaxGroups = 8;
+constexpr int kMaxHeadDim = 512;
+
+struct HeadPlanDevice {
+  int head_dim;
+  int num_groups;
+  int group_bits[kMaxGroups];
+  int group_offset[kMaxGroups];           // first slot of the permuted key
+  int group_dim[kMaxGroups];
+  int group_code_bit_offset[kMaxGroups];  // first bit in the key code stream
+  const int* permutation;                 // [head_dim]: slot j <- dim permutation[j]
+  const float* rotation[kMaxGroups];      // [dim, dim] row-major
+  const float* centroids[kMaxGroups];     // [2^bits]
+  const float* boundaries[kMaxGroups];    // [2^bits - 1]
+  int value_bits;
+  const float* value_rotation;            // [head_dim, head_dim]
+  const float* value_centroids;           // [2^value_bits]
+  const float* value_boundaries;          // [2^value_bits - 1]
+  int key_norms_offset;                   // record layout (planner::TokenLayout)
+  int value_norm_offset;
+  int key_codes_offset;
+  int key_code_bits;
+  int value_codes_offset;
+  int record_bytes;
+  int record_prefix;  // sum of record_bytes of the earlier heads of the layer
+};
+
+// Token t of KV head h lives at
+//   pages[t / page_tokens] + page_tokens * heads[h].record_prefix
+//                          + (t % page_tokens) * heads[h].record_bytes.
+struct PagedLayerDevice {
+  uint8_t* const* pages;  // [num_pages] device pointers (array in device memory)
+  int page_tokens;
+};
+
+struct EncodeParams {
+  const HeadPlanDevice* heads;  // [num_heads]
+  int num_heads;
+  int head_dim;
+  const float* keys;    // [num_heads, num_tokens, head_dim]
+  const float* values;  // [num_heads, num_tokens, head_dim]
+  long long num_tokens;
+  long long first_token;  // cache position of token 0
+  PagedLayerDevice cache;
+  int* overflow;  // set to 1 when a corrected norm exceeds the fp16 range
+};
+
+struct DecodeParams {
+  const HeadPlanDevice* heads;
+  int num_heads;
+  int head_dim;
+  long long first_token;
+  long long num_tokens;
+  PagedLayerDevice cache;
+  float* keys;    // [num_heads, num_tokens, head_dim] or null
+  float* values;  // same, or null
+};
+
+struct RotateQueryParams {
+  const HeadPlanDevice* heads;
+  int num_kv_heads;
+  int head_dim;
+  int group;  // query heads per KV head
+  int q_len;
+  const float* queries;  // [num_kv_heads * group, q_len, head_dim]
+  float* rotated;        // [num_kv_heads, group * q_len, head_dim]
+};
+
+struct AttendParams {
+  const HeadPlanDevice* heads;
+  int num_kv_heads;
+  int head_dim;
+  int rows;              // group * q_len; row r = g * q_len + i
+  int q_len;
+  const float* rotated;  // [num_kv_heads, rows, head_dim]
+  int causal;
+  long long causal_offset;
+  float scale;
+  long long token_begin;
+  long long token_end;
+  PagedLayerDevice cache;
+  int num_splits;
+  long long tokens_per_split;
+  int max_record_bytes;  // over the layer's heads (sizes shared memory)
+  int max_levels;        // key levels of all groups plus value levels, max over heads
+  float* partial_out;  // [num_kv_heads, num_splits, rows, head_dim], rotated space
+  float* partial_lse;  // [num_kv_heads, num_splits, rows]
+};
+
+struct MergeParams {
+  const HeadPlanDevice* heads;
+  int num_kv_heads;
+  int head_dim;
+  int group;
+  int q_len;
+  int num_splits;
+  const float* partial_out;
+  const float* partial_lse;
+  float* out;  // [num_kv_heads * group, q_len, head_dim]
+  float* lse;  // [num_kv_heads * group, q_len]
+};
+
+cudaError_t LaunchEncode(const EncodeParams& p, cudaStream_t stream);
+cudaError_t LaunchDecode(const DecodeParams& p, cudaStream_t stream);
+cudaError_t LaunchRotateQueries(const RotateQueryParams& p, cudaStream_t stream);
+cudaError_t LaunchAttend(const AttendParams& p, cudaStream_t stream);
+cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream);
+
+}  // namespace ropekv::kernels::cuda
+
+#endif  // ROPEKV_KERNELS_CUDA_DEVICE_PLAN_CUH_

@@ -1,0 +1,277 @@
+// The CUDA backend against the CPU reference, on the same inputs and on the
+// same packed records. Skipped without a visible device.
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/bit_packing.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "planner/calibration.h"
+#include "planner/half.h"
+#include "planner/plan.h"
+#include "planner/safetensors.h"
+#include "tests/unit/test_util.h"
+
+namespace ropekv::kernels {
+namespace {
+
+// Pages of one layer in device memory, mirroring a HostPagedLayer.
+class DevicePages {
+ public:
+  DevicePages(Backend& gpu, const planner::LayerPlan& plan, int page_tokens, int64_t capacity)
+      : gpu_(gpu), page_tokens_(page_tokens) {
+    page_bytes_ = planner::MakePageLayout(plan, page_tokens).page_bytes;
+    const int64_t pages = (capacity + page_tokens - 1) / page_tokens;
+    arena_ = *gpu.AllocateArena(pages * page_bytes_);
+    cudaMemset(arena_, 0xA5, pages * page_bytes_);
+    for (int64_t i = 0; i < pages; ++i) ptrs_.push_back(arena_ + i * page_bytes_);
+  }
+  ~DevicePages() { gpu_.FreeArena(arena_); }
+  PagedLayerView view(int64_t tokens) const {
+    return {ptrs_.data(), static_cast<int64_t>(ptrs_.size()), page_tokens_, tokens};
+  }
+  void CopyFrom(testing::HostPagedLayer& host) {
+    for (size_t i = 0; i < ptrs_.size(); ++i) {
+      ASSERT_EQ(cudaMemcpy(ptrs_[i], host.storage()[i].data(), page_bytes_, cudaMemcpyHostToDevice), cudaSuccess);
+    }
+  }
+
+ private:
+  Backend& gpu_;
+  int page_tokens_;
+  int64_t page_bytes_;
+  uint8_t* arena_;
+  std::vector<uint8_t*> ptrs_;
+};
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible";
+    gpu_ = *CreateCudaBackend();
+    cpu_ = CreateCpuBackend({.num_threads = 4});
+  }
+  std::unique_ptr<Backend> gpu_, cpu_;
+};
+
+planner::ModelProfile MakeProfile(int d, int kv, int group, double kbits, int vbits, uint32_t seed) {
+  planner::ModelGeometry g;
+  g.num_layers = 1;
+  g.num_kv_heads = kv;
+  g.num_q_heads = kv * group;
+  g.head_dim = d;
+  g.rotary_dim = d;
+  std::mt19937 gen(seed);
+  std::lognormal_distribution<double> e(0, 2);
+  planner::PerHead scores(1, std::vector<std::vector<double>>(kv, std::vector<double>(d / 2)));
+  for (auto& h : scores[0]) for (double& x : h) x = e(gen);
+  planner::Budget b;
+  b.key_avg_bits = kbits;
+  b.value_bits = vbits;
+  return *planner::BuildProfileFromScores(g, b, scores);
+}
+
+struct CodeStats {
+  int64_t total = 0, equal = 0, far = 0;
+};
+
+// Compares every key and value code of two record sets (head-major), and
+// the fp16 norms of the groups whose codes all agree (a code that flips at
+// a near-tie changes its group's corrected norm by design).
+void CompareCodes(const planner::LayerPlan& plan, const std::vector<uint8_t>& a,
+                  const std::vector<uint8_t>& b, int64_t tokens, CodeStats* st, double* worst_norm) {
+  auto norm_at = [](const uint8_t* r, int off) {
+    return planner::HalfToFloat(static_cast<uint16_t>(r[off] | r[off + 1] << 8));
+  };
+  auto compare = [&](const uint8_t* ca, const uint8_t* cb, int n, float na, float nb) {
+    bool same = true;
+    for (int j = 0; j < n; ++j) {
+      ++st->total;
+      st->equal += ca[j] == cb[j];
+      st->far += std::abs(ca[j] - cb[j]) > 1;
+      same = same && ca[j] == cb[j];
+    }
+    if (same) *worst_norm = std::max<double>(*worst_norm, std::abs(na - nb) / std::max(1e-6f, std::abs(na)));
+  };
+  size_t pos = 0;
+  for (const planner::HeadPlan& h : plan.heads) {
+    const int rb = h.layout.record_bytes;
+    for (int64_t t = 0; t < tokens; ++t, pos += rb) {
+      const uint8_t* ra = a.data() + pos;
+      const uint8_t* rbp = b.data() + pos;
+      uint8_t ca[512], cb[512];
+      for (size_t g = 0; g < h.key_groups.size(); ++g) {
+        const planner::KeyGroupPlan& kg = h.key_groups[g];
+        UnpackBits(ra + h.layout.key_codes_offset, kg.code_bit_offset, kg.dim, kg.bits, ca);
+        UnpackBits(rbp + h.layout.key_codes_offset, kg.code_bit_offset, kg.dim, kg.bits, cb);
+        const int off = h.layout.key_norms_offset + 2 * static_cast<int>(g);
+        compare(ca, cb, kg.dim, norm_at(ra, off), norm_at(rbp, off));
+      }
+      UnpackBits(ra + h.layout.value_codes_offset, 0, h.head_dim, h.value_bits, ca);
+      UnpackBits(rbp + h.layout.value_codes_offset, 0, h.head_dim, h.value_bits, cb);
+      compare(ca, cb, h.head_dim, norm_at(ra, h.layout.value_norm_offset),
+              norm_at(rbp, h.layout.value_norm_offset));
+    }
+  }
+}
+
+void EncodeBoth(Backend& cpu, Backend& gpu, const planner::LayerPlan& plan, const std::vector<float>& k,
+                const std::vector<float>& v, int64_t tokens, CodeStats* st, double* worst_norm) {
+  testing::HostPagedLayer host(plan, 64, tokens);
+  DevicePages dev(gpu, plan, 64, tokens);
+  ASSERT_TRUE(cpu.EncodeLayer(plan, host.view(0), 0, k.data(), v.data(), tokens).ok());
+  ASSERT_TRUE(gpu.EncodeLayer(plan, dev.view(0), 0, k.data(), v.data(), tokens).ok());
+  int64_t bytes = 0;
+  for (const planner::HeadPlan& h : plan.heads) bytes += h.layout.record_bytes * tokens;
+  std::vector<uint8_t> a(bytes), b(bytes);
+  ASSERT_TRUE(cpu.ReadRecords(plan, host.view(tokens), 0, tokens, a.data()).ok());
+  ASSERT_TRUE(gpu.ReadRecords(plan, dev.view(tokens), 0, tokens, b.data()).ok());
+  CompareCodes(plan, a, b, tokens, st, worst_norm);
+}
+
+TEST_F(CudaBackendTest, EncodeMatchesCpuCodesOnRandomData) {
+  CodeStats st;
+  double worst_norm = 0;
+  for (int d : {64, 128, 256}) {
+    for (auto [kb, vb] : {std::pair{2.0, 2}, {3.0, 3}, {4.0, 4}, {2.5, 8}}) {
+      planner::ModelProfile p = MakeProfile(d, 2, 4, kb, vb, d + vb);
+      const int64_t tokens = 700;
+      std::vector<float> k = testing::RandomNormal(2 * tokens * d, 1, 2.0f);
+      std::vector<float> v = testing::RandomNormal(2 * tokens * d, 2);
+      EncodeBoth(*cpu_, *gpu_, p.layers[0], k, v, tokens, &st, &worst_norm);
+    }
+  }
+  const double agree = static_cast<double>(st.equal) / st.total;
+  std::printf("[ figures  ] random: %lld codes, agreement %.6f, >1 level apart %lld, worst norm rel diff %.2e\n",
+              static_cast<long long>(st.total), agree, static_cast<long long>(st.far), worst_norm);
+  EXPECT_GE(agree, 0.9999);
+  EXPECT_EQ(st.far, 0);
+  EXPECT_LT(worst_norm, 1e-3);  // fp16 rounding of a float computed two ways
+}
+
+TEST_F(CudaBackendTest, EncodeMatchesCpuCodesOnRealData) {
+  const std::string path = testing::RealDataPath();
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "no real data at " << path;
+  planner::SafetensorsFile f = *planner::SafetensorsFile::Open(path);
+  const planner::ModelGeometry g = *planner::GeometryFromMetadata(f);
+  planner::ScoreAccumulator acc = *planner::ScoreAccumulator::Create(g);
+  ASSERT_TRUE(planner::AccumulateCalibration(f, planner::SequenceSplit::kEven, &acc).ok());
+  planner::Budget budget;
+  const planner::ModelProfile profile = *planner::BuildProfile(acc, budget);
+  const std::vector<float> k = *f.ReadFloat("k"), v = *f.ReadFloat("v");
+  const int64_t tokens = f.tensors().at("k").shape[2];
+  const size_t per_layer = static_cast<size_t>(g.num_kv_heads) * tokens * g.head_dim;
+  CodeStats st;
+  double worst_norm = 0;
+  for (int layer = 0; layer < g.num_layers; ++layer) {
+    std::vector<float> kl(k.begin() + layer * per_layer, k.begin() + (layer + 1) * per_layer);
+    std::vector<float> vl(v.begin() + layer * per_layer, v.begin() + (layer + 1) * per_layer);
+    EncodeBoth(*cpu_, *gpu_, profile.layers[layer], kl, vl, tokens, &st, &worst_norm);
+  }
+  const double agree = static_cast<double>(st.equal) / st.total;
+  std::printf("[ figures  ] real: %lld codes, agreement %.6f, >1 level apart %lld, worst norm rel diff %.2e\n",
+              static_cast<long long>(st.total), agree, static_cast<long long>(st.far), worst_norm);
+  EXPECT_GE(agree, 0.9999);
+  EXPECT_EQ(st.far, 0);
+  EXPECT_LT(worst_norm, 1e-3);
+}
+
+struct AttendCase {
+  int d, kv, group, q_len;
+  bool causal;
+  double kbits;
+  int vbits, page_tokens;
+  int64_t tokens;
+};
+
+class CudaAttendTest : public CudaBackendTest, public ::testing::WithParamInterface<AttendCase> {};
+
+TEST_P(CudaAttendTest, EqualsCpuOnTheSameRecords) {
+  const AttendCase c = GetParam();
+  planner::ModelProfile p = MakeProfile(c.d, c.kv, c.group, c.kbits, c.vbits, c.d * 7 + c.group);
+  const planner::LayerPlan& plan = p.layers[0];
+  testing::HostPagedLayer host(plan, c.page_tokens, c.tokens);
+  std::vector<float> k = testing::RandomNormal(c.kv * c.tokens * c.d, 3, 1.5f);
+  std::vector<float> v = testing::RandomNormal(c.kv * c.tokens * c.d, 4);
+  ASSERT_TRUE(cpu_->EncodeLayer(plan, host.view(0), 0, k.data(), v.data(), c.tokens).ok());
+  DevicePages dev(*gpu_, plan, c.page_tokens, c.tokens);
+  dev.CopyFrom(host);
+  const int nq = c.kv * c.group;
+  std::vector<float> q = testing::RandomNormal(nq * c.q_len * c.d, 5, 2.0f);
+  // Full range, and a sub-range (a split a caller merges itself).
+  for (auto [b, e] : {std::pair<int64_t, int64_t>{0, -1}, {c.tokens / 3, c.tokens - 5}}) {
+    std::vector<float> out_c(nq * c.q_len * c.d, NAN), lse_c(nq * c.q_len, NAN);
+    std::vector<float> out_g(out_c.size(), NAN), lse_g(lse_c.size(), NAN);
+    AttentionParams a;
+    a.queries = q.data();
+    a.num_q_heads = nq;
+    a.q_len = c.q_len;
+    a.causal = c.causal;
+    a.causal_offset = c.tokens - c.q_len;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(c.d));
+    a.token_begin = b;
+    a.token_end = e;
+    a.out = out_c.data();
+    a.lse = lse_c.data();
+    ASSERT_TRUE(cpu_->Attend(plan, host.view(c.tokens), a).ok());
+    a.out = out_g.data();
+    a.lse = lse_g.data();
+    absl::Status s = gpu_->Attend(plan, dev.view(c.tokens), a);
+    ASSERT_TRUE(s.ok()) << s;
+    const double rel = testing::RelativeError(out_g, out_c);
+    EXPECT_LT(rel, 2e-3);
+    for (size_t i = 0; i < lse_c.size(); ++i) {
+      ASSERT_FALSE(std::isnan(lse_g[i])) << i;
+      EXPECT_NEAR(lse_g[i], lse_c[i], 1e-3) << i;
+    }
+    for (float x : out_g) ASSERT_FALSE(std::isnan(x));
+    std::printf("[ figures  ] %s range [%lld, %lld): output rel diff %.2e\n",
+                ::testing::UnitTest::GetInstance()->current_test_info()->name(),
+                static_cast<long long>(b), static_cast<long long>(e), rel);
+  }
+  // Decode agrees too.
+  std::vector<float> kc(k.size()), vc(v.size()), kg(k.size()), vg(v.size());
+  ASSERT_TRUE(cpu_->DecodeLayer(plan, host.view(c.tokens), 0, c.tokens, kc.data(), vc.data()).ok());
+  ASSERT_TRUE(gpu_->DecodeLayer(plan, dev.view(c.tokens), 0, c.tokens, kg.data(), vg.data()).ok());
+  EXPECT_LT(testing::RelativeError(kg, kc), 1e-5);
+  EXPECT_LT(testing::RelativeError(vg, vc), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CudaAttendTest,
+    ::testing::Values(AttendCase{128, 2, 8, 1, false, 3.0, 3, 64, 5000},
+                      AttendCase{128, 2, 8, 4, true, 3.0, 3, 37, 3001},
+                      AttendCase{128, 8, 4, 1, false, 2.0, 2, 256, 20000},
+                      AttendCase{64, 4, 1, 2, true, 2.5, 4, 16, 300},
+                      AttendCase{256, 1, 16, 1, false, 4.0, 4, 128, 2000},
+                      AttendCase{128, 1, 24, 1, true, 6.0, 8, 64, 1000},
+                      AttendCase{128, 2, 8, 3, true, 1.0, 1, 64, 130},
+                      AttendCase{64, 2, 2, 1, false, 3.0, 3, 64, 1}),
+    [](const ::testing::TestParamInfo<AttendCase>& i) {
+      const AttendCase& c = i.param;
+      return absl::StrCat("d", c.d, "_kv", c.kv, "_g", c.group, "_q", c.q_len, c.causal ? "_causal" : "",
+                          "_K", static_cast<int>(c.kbits * 10), "V", c.vbits, "_T", c.tokens);
+    });
+
+TEST_F(CudaBackendTest, BadInputAndNormOverflow) {
+  planner::ModelProfile p = MakeProfile(64, 2, 2, 3.0, 3, 1);
+  DevicePages dev(*gpu_, p.layers[0], 16, 32);
+  std::vector<float> k = testing::RandomNormal(2 * 4 * 64, 1), v = k;
+  k[5] = NAN;
+  EXPECT_EQ(gpu_->EncodeLayer(p.layers[0], dev.view(0), 0, k.data(), v.data(), 4).code(),
+            absl::StatusCode::kInvalidArgument);
+  k[5] = 1e6f;
+  EXPECT_EQ(gpu_->EncodeLayer(p.layers[0], dev.view(0), 0, k.data(), v.data(), 4).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_->EncodeLayer(p.layers[0], dev.view(0), 30, v.data(), v.data(), 4).code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE(gpu_->healthy());
+}
+
+}  // namespace
+}  // namespace ropekv::kernels
