@@ -53,7 +53,8 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
     total_levels += 1 << hp.group_bits[g];
   }
   float* vlevels = levels + total_levels;
-  float* m_s = vlevels + (1 << hp.value_bits);
+  float* vnorm_s = vlevels + (1 << hp.value_bits);  // [kThreads]
+  float* m_s = vnorm_s + kThreads;
   float* l_s = m_s + kRowChunk;
   float* alpha_s = l_s + kRowChunk;
   for (int g = 0; g < hp.num_groups; ++g) {
@@ -84,9 +85,24 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
     for (long long tile = begin; tile < end; tile += kThreads) {
       const int ntile = static_cast<int>(min(static_cast<long long>(kThreads), end - tile));
       __syncthreads();
-      for (int idx = tid; idx < ntile * rb; idx += kThreads) {
-        const int t = idx / rb;
-        records[idx] = RecordAt(p.cache, hp, tile + t)[idx - t * rb];
+      {
+        // A tile inside one page is one contiguous run of records: copy it
+        // with 16-byte loads when aligned, else record by record.
+        const uint8_t* first = RecordAt(p.cache, hp, tile);
+        const bool one_page = tile / p.cache.page_tokens == (tile + ntile - 1) / p.cache.page_tokens;
+        const int bytes = ntile * rb;
+        if (one_page && (reinterpret_cast<uintptr_t>(first) & 15) == 0 && (bytes & 15) == 0) {
+          const uint4* src = reinterpret_cast<const uint4*>(first);
+          uint4* dst = reinterpret_cast<uint4*>(records);
+          for (int idx = tid; idx < bytes / 16; idx += kThreads) dst[idx] = __ldg(src + idx);
+        } else if (one_page) {
+          for (int idx = tid; idx < bytes; idx += kThreads) records[idx] = first[idx];
+        } else {
+          for (int idx = tid; idx < bytes; idx += kThreads) {
+            const int t = idx / rb;
+            records[idx] = RecordAt(p.cache, hp, tile + t)[idx - t * rb];
+          }
+        }
       }
       __syncthreads();
       // Logits: thread per token.
@@ -96,6 +112,7 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
         for (int r = 0; r < kRowChunk; ++r) logit[r] = 0.0f;
         if (tid < ntile) {
           const unsigned char* rec = records + tid * rb;
+          vnorm_s[tid] = LoadHalf(rec + hp.value_norm_offset);
           for (int g = 0; g < hp.num_groups; ++g) {
             float part[kRowChunk];
 #pragma unroll
@@ -155,7 +172,7 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
         for (int r = 0; r < kRowChunk; ++r) acc[r][k] *= (r < nrows ? alpha_s[r] : 1.0f);
         for (int t = 0; t < ntile; ++t) {
           const unsigned char* rec = records + t * rb;
-          const float v = LoadHalf(rec + hp.value_norm_offset) *
+          const float v = vnorm_s[t] *
                           vlevels[ReadCode(rec + hp.value_codes_offset, dim * hp.value_bits, hp.value_bits)];
 #pragma unroll
           for (int r = 0; r < kRowChunk; ++r) {
@@ -230,7 +247,8 @@ __global__ void MergeKernel(MergeParams p) {
 
 size_t AttendSharedBytes(const AttendParams& p, int max_record_bytes, int max_levels) {
   return ((kThreads * max_record_bytes + 15) / 16) * 16 +
-         sizeof(float) * (kRowChunk * p.head_dim + kRowChunk * kThreads + max_levels + 3 * kRowChunk);
+         sizeof(float) * (kRowChunk * p.head_dim + kRowChunk * kThreads + max_levels + kThreads +
+                          3 * kRowChunk);
 }
 
 }  // namespace

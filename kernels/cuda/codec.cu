@@ -26,6 +26,7 @@ __global__ void EncodeKernel(EncodeParams p) {
   __shared__ float level_sq[kMaxHeadDim];
   __shared__ unsigned char codes[kMaxHeadDim];
   __shared__ float norm[kMaxGroups];
+  __shared__ float corrected[kMaxGroups + 1];  // key groups, then the value
   const long long i = blockIdx.x;
   const int h = blockIdx.y;
   const int tid = threadIdx.x;
@@ -56,9 +57,7 @@ __global__ void EncodeKernel(EncodeParams p) {
   if (tid < hp.num_groups) {
     float s = 0.0f;
     for (int j = 0; j < hp.group_dim[tid]; ++j) s += level_sq[hp.group_offset[tid] + j];
-    const float corrected = norm[tid] / sqrtf(s);
-    if (!(corrected <= 65504.0f)) atomicExch(p.overflow, 1);
-    StoreHalf(rec + hp.key_norms_offset + 2 * tid, corrected);
+    corrected[tid] = norm[tid] / sqrtf(s);
   }
   const int key_bytes = (hp.key_code_bits + 7) / 8;
   for (int b = tid; b < key_bytes; b += blockDim.x) {
@@ -93,9 +92,7 @@ __global__ void EncodeKernel(EncodeParams p) {
   if (tid == 0) {
     float s = 0.0f;
     for (int j = 0; j < d; ++j) s += level_sq[j];
-    const float corrected = norm[0] / sqrtf(s);
-    if (!(corrected <= 65504.0f)) atomicExch(p.overflow, 1);
-    StoreHalf(rec + hp.value_norm_offset, corrected);
+    corrected[kMaxGroups] = norm[0] / sqrtf(s);
   }
   const int value_bits_total = d * hp.value_bits;
   for (int b = tid; b < (value_bits_total + 7) / 8; b += blockDim.x) {
@@ -106,6 +103,15 @@ __global__ void EncodeKernel(EncodeParams p) {
       byte |= ((codes[pos / hp.value_bits] >> (pos % hp.value_bits)) & 1u) << bit;
     }
     rec[hp.value_codes_offset + b] = static_cast<uint8_t>(byte);
+  }
+  __syncthreads();
+  // Norms last, from one thread.
+  if (tid == 0) {
+    for (int g = 0; g <= hp.num_groups; ++g) {
+      const float n = g < hp.num_groups ? corrected[g] : corrected[kMaxGroups];
+      if (!(n <= 65504.0f)) atomicExch(p.overflow, 1);
+      StoreHalf(rec + (g < hp.num_groups ? hp.key_norms_offset + 2 * g : hp.value_norm_offset), n);
+    }
   }
 }
 

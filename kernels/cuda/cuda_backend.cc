@@ -224,10 +224,10 @@ class CudaBackend final : public Backend {
     const int group = a.num_q_heads / num_kv;
     const int rows = group * a.q_len;
     const size_t q_floats = static_cast<size_t>(a.num_q_heads) * a.q_len * d;
-    // Split the range so that about two blocks per SM run.
+    // Split the range so that about eight blocks per SM are in flight.
     const int64_t tokens = end - a.token_begin;
     const int64_t tiles = std::max<int64_t>(1, (tokens + 127) / 128);
-    int64_t splits = std::min<int64_t>(tiles, std::max<int64_t>(1, (2 * sm_count_ + num_kv - 1) / num_kv));
+    int64_t splits = std::min<int64_t>(tiles, std::max<int64_t>(1, (8 * sm_count_ + num_kv - 1) / num_kv));
     const int64_t per_split = ((tiles + splits - 1) / splits) * 128;
     splits = std::max<int64_t>(1, (tokens + per_split - 1) / per_split);
     RETURN_IF_CUDA(in_k_.Ensure(q_floats * 4), "staging");

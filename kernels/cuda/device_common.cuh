@@ -21,9 +21,36 @@ __device__ __forceinline__ float LoadHalf(const uint8_t* p) {
   return __half2float(__ushort_as_half(bits));
 }
 
+// fp32 -> fp16 bits with round to nearest even, in integer arithmetic (the
+// same rules as planner::FloatToHalf). With nvcc 13.0, storing the low
+// byte of __half_as_ushort(__float2half_rn(v)) from the encode kernel was
+// seen to store (uint8_t)v instead; the integer path avoids that pattern.
+__device__ __forceinline__ unsigned FloatToHalfBits(float f) {
+  const unsigned u = __float_as_uint(f);
+  const unsigned sign = (u >> 16) & 0x8000u;
+  const unsigned abs = u & 0x7FFFFFFFu;
+  if (abs >= 0x7F800000u) return sign | 0x7C00u | (abs > 0x7F800000u ? 0x200u : 0u);
+  if (abs >= 0x477FF000u) return sign | 0x7C00u;
+  if (abs < 0x38800000u) {
+    if (abs < 0x33000000u) return sign;
+    const unsigned e = abs >> 23;
+    const unsigned mant = (abs & 0x7FFFFFu) | 0x800000u;
+    const unsigned shift = 126u - e;
+    unsigned half = mant >> shift;
+    const unsigned rest = mant & ((1u << shift) - 1u);
+    const unsigned mid = 1u << (shift - 1u);
+    if (rest > mid || (rest == mid && (half & 1u))) ++half;
+    return sign | half;
+  }
+  unsigned h = (abs >> 13) - (112u << 10);
+  const unsigned rest = abs & 0x1FFFu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+  return sign | h;
+}
+
 __device__ __forceinline__ void StoreHalf(uint8_t* p, float v) {
-  const unsigned short bits = __half_as_ushort(__float2half_rn(v));
-  p[0] = static_cast<uint8_t>(bits & 0xFF);
+  const unsigned bits = FloatToHalfBits(v);
+  p[0] = static_cast<uint8_t>(bits & 0xFFu);
   p[1] = static_cast<uint8_t>(bits >> 8);
 }
 

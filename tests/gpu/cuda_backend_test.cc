@@ -96,7 +96,10 @@ void CompareCodes(const planner::LayerPlan& plan, const std::vector<uint8_t>& a,
       st->far += std::abs(ca[j] - cb[j]) > 1;
       same = same && ca[j] == cb[j];
     }
-    if (same) *worst_norm = std::max<double>(*worst_norm, std::abs(na - nb) / std::max(1e-6f, std::abs(na)));
+    if (same) {
+      const double rel = std::abs(na - nb) / std::max(1e-6f, std::abs(na));
+      *worst_norm = std::max<double>(*worst_norm, rel);
+    }
   };
   size_t pos = 0;
   for (const planner::HeadPlan& h : plan.heads) {
@@ -152,6 +155,37 @@ TEST_F(CudaBackendTest, EncodeMatchesCpuCodesOnRandomData) {
   EXPECT_GE(agree, 0.9999);
   EXPECT_EQ(st.far, 0);
   EXPECT_LT(worst_norm, 1e-3);  // fp16 rounding of a float computed two ways
+}
+
+// The stored fp16 norms equal the CPU's to one fp16 step (both round the
+// same value computed in a different order).
+TEST_F(CudaBackendTest, NormsMatchCpuToOneFp16Step) {
+  planner::ModelProfile p = MakeProfile(128, 2, 1, 3.0, 3, 9);
+  const int64_t tokens = 512;
+  std::vector<float> k = testing::RandomNormal(2 * tokens * 128, 11, 2.0f);
+  std::vector<float> v = testing::RandomNormal(2 * tokens * 128, 12);
+  DevicePages dev(*gpu_, p.layers[0], 64, tokens);
+  testing::HostPagedLayer host(p.layers[0], 64, tokens);
+  ASSERT_TRUE(gpu_->EncodeLayer(p.layers[0], dev.view(0), 0, k.data(), v.data(), tokens).ok());
+  ASSERT_TRUE(cpu_->EncodeLayer(p.layers[0], host.view(0), 0, k.data(), v.data(), tokens).ok());
+  int64_t bytes = 0;
+  for (const planner::HeadPlan& h : p.layers[0].heads) bytes += h.layout.record_bytes * tokens;
+  std::vector<uint8_t> rg(bytes), rc(bytes);
+  ASSERT_TRUE(gpu_->ReadRecords(p.layers[0], dev.view(tokens), 0, tokens, rg.data()).ok());
+  ASSERT_TRUE(cpu_->ReadRecords(p.layers[0], host.view(tokens), 0, tokens, rc.data()).ok());
+  size_t pos = 0;
+  int compared = 0;
+  for (const planner::HeadPlan& h : p.layers[0].heads) {
+    for (int64_t t = 0; t < tokens; ++t, pos += h.layout.record_bytes) {
+      for (int off = 0; off < h.layout.key_codes_offset; off += 2) {
+        const int a = rc[pos + off] | rc[pos + off + 1] << 8;
+        const int b = rg[pos + off] | rg[pos + off + 1] << 8;
+        EXPECT_LE(std::abs(a - b), 1) << "token " << t << " byte " << off;
+        ++compared;
+      }
+    }
+  }
+  EXPECT_GT(compared, 1000);
 }
 
 TEST_F(CudaBackendTest, EncodeMatchesCpuCodesOnRealData) {
