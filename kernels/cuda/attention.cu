@@ -5,6 +5,7 @@
 // values in the rotated space (thread per dimension). Splits are merged by
 // lse in a second kernel, which also un-rotates the values once.
 #include <cfloat>
+#include <type_traits>
 
 #include "kernels/cuda/device_common.cuh"
 
@@ -34,6 +35,9 @@ __global__ void RotateQueriesKernel(RotateQueryParams p) {
   }
 }
 
+// R: query rows per pass (4, 8 or 16) and DPT: value dimensions per thread
+// (head_dim / 128 rounded up), so small groups and heads do no padded work.
+template <int R, int DPT>
 __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int split = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
@@ -66,21 +70,21 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
   const long long end = min(p.token_end, begin + p.tokens_per_split);
   const int warp = tid / 32, lane = tid % 32;
 
-  for (int row0 = 0; row0 < p.rows; row0 += kRowChunk) {
-    const int nrows = min(kRowChunk, p.rows - row0);
+  for (int row0 = 0; row0 < p.rows; row0 += R) {
+    const int nrows = min(R, p.rows - row0);
     __syncthreads();
     for (int idx = tid; idx < nrows * d; idx += kThreads) {
       q_s[idx] = p.rotated[(static_cast<long long>(h) * p.rows + row0) * d + idx];
     }
-    if (tid < kRowChunk) {
+    if (tid < R) {
       m_s[tid] = -FLT_MAX;  // finite: exp(m - new_m) stays well-defined
       l_s[tid] = 0.0f;
     }
-    float acc[kRowChunk][kDimsPerThread];
+    float acc[R][DPT];
 #pragma unroll
-    for (int r = 0; r < kRowChunk; ++r) {
+    for (int r = 0; r < R; ++r) {
 #pragma unroll
-      for (int k = 0; k < kDimsPerThread; ++k) acc[r][k] = 0.0f;
+      for (int k = 0; k < DPT; ++k) acc[r][k] = 0.0f;
     }
     for (long long tile = begin; tile < end; tile += kThreads) {
       const int ntile = static_cast<int>(min(static_cast<long long>(kThreads), end - tile));
@@ -107,34 +111,34 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
       __syncthreads();
       // Logits: thread per token.
       {
-        float logit[kRowChunk];
+        float logit[R];
 #pragma unroll
-        for (int r = 0; r < kRowChunk; ++r) logit[r] = 0.0f;
+        for (int r = 0; r < R; ++r) logit[r] = 0.0f;
         if (tid < ntile) {
           const unsigned char* rec = records + tid * rb;
           vnorm_s[tid] = LoadHalf(rec + hp.value_norm_offset);
           for (int g = 0; g < hp.num_groups; ++g) {
-            float part[kRowChunk];
+            float part[R];
 #pragma unroll
-            for (int r = 0; r < kRowChunk; ++r) part[r] = 0.0f;
+            for (int r = 0; r < R; ++r) part[r] = 0.0f;
             const int off = hp.group_offset[g], bits = hp.group_bits[g];
             const float* lv = levels + level_base[g];
             for (int j = 0; j < hp.group_dim[g]; ++j) {
               const float c = lv[ReadCode(rec + hp.key_codes_offset,
                                           hp.group_code_bit_offset[g] + j * bits, bits)];
 #pragma unroll
-              for (int r = 0; r < kRowChunk; ++r) {
+              for (int r = 0; r < R; ++r) {
                 if (r < nrows) part[r] = fmaf(q_s[r * d + off + j], c, part[r]);
               }
             }
             const float n = LoadHalf(rec + hp.key_norms_offset + 2 * g);
 #pragma unroll
-            for (int r = 0; r < kRowChunk; ++r) logit[r] = fmaf(n, part[r], logit[r]);
+            for (int r = 0; r < R; ++r) logit[r] = fmaf(n, part[r], logit[r]);
           }
         }
         const long long tok = tile + tid;
 #pragma unroll
-        for (int r = 0; r < kRowChunk; ++r) {
+        for (int r = 0; r < R; ++r) {
           if (r >= nrows) break;
           const int i = (row0 + r) % p.q_len;
           const bool visible = tid < ntile && (!p.causal || tok <= p.causal_offset + i);
@@ -165,17 +169,17 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
       __syncthreads();
       // Values: thread per dimension, in the rotated space.
 #pragma unroll
-      for (int k = 0; k < kDimsPerThread; ++k) {
+      for (int k = 0; k < DPT; ++k) {
         const int dim = tid + k * kThreads;
         if (dim >= d) break;
 #pragma unroll
-        for (int r = 0; r < kRowChunk; ++r) acc[r][k] *= (r < nrows ? alpha_s[r] : 1.0f);
+        for (int r = 0; r < R; ++r) acc[r][k] *= (r < nrows ? alpha_s[r] : 1.0f);
         for (int t = 0; t < ntile; ++t) {
           const unsigned char* rec = records + t * rb;
           const float v = vnorm_s[t] *
                           vlevels[ReadCode(rec + hp.value_codes_offset, dim * hp.value_bits, hp.value_bits)];
 #pragma unroll
-          for (int r = 0; r < kRowChunk; ++r) {
+          for (int r = 0; r < R; ++r) {
             if (r < nrows) acc[r][k] = fmaf(s_s[r * kThreads + t], v, acc[r][k]);
           }
         }
@@ -184,11 +188,11 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
     __syncthreads();
     const long long base = (static_cast<long long>(h) * p.num_splits + split) * p.rows + row0;
 #pragma unroll
-    for (int r = 0; r < kRowChunk; ++r) {
+    for (int r = 0; r < R; ++r) {
       if (r >= nrows) break;
       const float l = l_s[r];
 #pragma unroll
-      for (int k = 0; k < kDimsPerThread; ++k) {
+      for (int k = 0; k < DPT; ++k) {
         const int dim = tid + k * kThreads;
         if (dim < d) p.partial_out[(base + r) * d + dim] = l > 0.0f ? acc[r][k] / l : 0.0f;
       }
@@ -261,14 +265,25 @@ cudaError_t LaunchRotateQueries(const RotateQueryParams& p, cudaStream_t stream)
 
 cudaError_t LaunchAttend(const AttendParams& p, cudaStream_t stream) {
   const size_t smem = AttendSharedBytes(p, p.max_record_bytes, p.max_levels);
-  if (smem > 48 * 1024) {  // opt in to large shared memory (Hopper: up to 227 KB)
-    const cudaError_t err = cudaFuncSetAttribute(
-        AttendKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
   const dim3 grid(p.num_splits, p.num_kv_heads);
-  AttendKernel<<<grid, kThreads, smem, stream>>>(p);
-  return cudaGetLastError();
+  auto launch = [&](auto kernel) {
+    if (smem > 48 * 1024) {  // opt in to large shared memory (Hopper: up to 227 KB)
+      const cudaError_t err = cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (err != cudaSuccess) return err;
+    }
+    kernel<<<grid, kThreads, smem, stream>>>(p);
+    return cudaGetLastError();
+  };
+  auto by_rows = [&](auto dpt) {
+    constexpr int D = decltype(dpt)::value;
+    if (p.rows <= 4) return launch(AttendKernel<4, D>);
+    if (p.rows <= 8) return launch(AttendKernel<8, D>);
+    return launch(AttendKernel<kRowChunk, D>);
+  };
+  if (p.head_dim <= kThreads) return by_rows(std::integral_constant<int, 1>());
+  if (p.head_dim <= 2 * kThreads) return by_rows(std::integral_constant<int, 2>());
+  return by_rows(std::integral_constant<int, kDimsPerThread>());
 }
 
 cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream) {
