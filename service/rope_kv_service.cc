@@ -76,7 +76,18 @@ class Recorded : public Reactor {
     this->Finish(status);
   }
   void FinishRecorded(const absl::Status& status) { FinishRecorded(ToGrpcStatus(status)); }
+  // Sets tenant_, or finishes the call with UNAUTHENTICATED and returns false.
+  bool Authenticate(grpc::CallbackServerContext* ctx) {
+    absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
+    if (!tenant.ok()) {
+      FinishRecorded(tenant.status());
+      return false;
+    }
+    tenant_ = *tenant;
+    return true;
+  }
   const RopeKvService* service_;
+  std::string tenant_;
 
  private:
   const char* method_;
@@ -91,23 +102,17 @@ class CreateProfileReactor final
   CreateProfileReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx,
                        pb::ProfileInfo* response)
       : Recorded(service, "CreateProfile"), ctx_(ctx), response_(response) {
-    absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
-    if (!tenant.ok()) {
-      FinishRecorded((tenant.status()));
-      return;
-    }
-    tenant_ = *tenant;
-    StartRead(&request_);
+    if (Authenticate(ctx)) StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      FinishRecorded((ctx_->IsCancelled() ? absl::CancelledError("cancelled") : Complete()));
+      FinishRecorded(ctx_->IsCancelled() ? absl::CancelledError("cancelled") : Complete());
       return;
     }
     absl::Status s = Handle();
     if (!s.ok()) {
-      FinishRecorded((s));
+      FinishRecorded(s);
       return;
     }
     StartRead(&request_);
@@ -152,7 +157,6 @@ class CreateProfileReactor final
 
   grpc::CallbackServerContext* ctx_;
   pb::ProfileInfo* response_;
-  std::string tenant_;
   pb::CreateProfileRequest request_;
   std::unique_ptr<ProfileBuilder> builder_;
 };
@@ -164,13 +168,7 @@ class AppendReactor final : public Recorded<grpc::ServerReadReactor<pb::AppendRe
   AppendReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx,
                 pb::AppendResponse* response)
       : Recorded(service, "Append"), ctx_(ctx), response_(response) {
-    absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
-    if (!tenant.ok()) {
-      FinishRecorded((tenant.status()));
-      return;
-    }
-    tenant_ = *tenant;
-    StartRead(&request_);
+    if (Authenticate(ctx)) StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
@@ -179,13 +177,13 @@ class AppendReactor final : public Recorded<grpc::ServerReadReactor<pb::AppendRe
       // former commits.
       absl::Status s = ctx_->IsCancelled() ? absl::CancelledError("append cancelled") : Commit();
       txn_.reset();  // aborts unless committed, before the client hears back
-      FinishRecorded((s));
+      FinishRecorded(s);
       return;
     }
     absl::Status s = Handle();
     if (!s.ok()) {
       txn_.reset();
-      FinishRecorded((s));
+      FinishRecorded(s);
       return;
     }
     StartRead(&request_);
@@ -252,7 +250,6 @@ class AppendReactor final : public Recorded<grpc::ServerReadReactor<pb::AppendRe
 
   grpc::CallbackServerContext* ctx_;
   pb::AppendResponse* response_;
-  std::string tenant_;
   pb::AppendRequest request_;
   std::unique_ptr<AppendTxn> txn_;
 };
@@ -264,13 +261,7 @@ class AttendStreamReactor final
  public:
   AttendStreamReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx)
       : Recorded(service, "AttendStream") {
-    absl::StatusOr<std::string> tenant = service_->TenantOf(ctx);
-    if (!tenant.ok()) {
-      FinishRecorded((tenant.status()));
-      return;
-    }
-    tenant_ = *tenant;
-    StartRead(&request_);
+    if (Authenticate(ctx)) StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
@@ -281,7 +272,7 @@ class AttendStreamReactor final
     response_.Clear();
     absl::Status s = service_->DoAttend(tenant_, request_, &response_);
     if (!s.ok()) {
-      FinishRecorded((s));
+      FinishRecorded(s);
       return;
     }
     StartWrite(&response_);
@@ -298,7 +289,6 @@ class AttendStreamReactor final
   void OnDone() override { delete this; }
 
  private:
-  std::string tenant_;
   pb::AttendRequest request_;
   pb::AttendResponse response_;
 };
@@ -312,7 +302,7 @@ class ReadReactor final : public Recorded<grpc::ServerWriteReactor<pb::ReadRespo
       : Recorded(service, "Read"), request_(*request) {
     absl::Status s = Start(ctx);
     if (!s.ok()) {
-      FinishRecorded((s));
+      FinishRecorded(s);
       return;
     }
     Next();
@@ -410,7 +400,7 @@ class ReadReactor final : public Recorded<grpc::ServerWriteReactor<pb::ReadRespo
     }
     absl::Status s = FillChunk();
     if (!s.ok()) {
-      FinishRecorded((s));
+      FinishRecorded(s);
       return;
     }
     StartWrite(&response_);

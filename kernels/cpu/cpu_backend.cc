@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/bit_packing.h"
 #include "kernels/cpu/codec.h"
+#include "kernels/validation.h"
 #include "planner/half.h"
 
 namespace ropekv::kernels {
@@ -37,25 +38,6 @@ void ParallelFor(int n, int threads, int64_t work_per_item, Fn fn) {
   for (std::thread& t : pool) t.join();
 }
 
-absl::Status CheckView(const planner::LayerPlan& plan, const PagedLayerView& c) {
-  if (plan.heads.empty()) {
-    return absl::InvalidArgumentError("plan: expected at least one KV head");
-  }
-  if (c.page_tokens < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cache.page_tokens: expected >= 1, got ", c.page_tokens));
-  }
-  if (c.num_pages < 0 || (c.num_pages > 0 && c.pages == nullptr)) {
-    return absl::InvalidArgumentError("cache.pages: expected num_pages pointers");
-  }
-  if (c.num_tokens < 0 || c.num_tokens > c.num_pages * c.page_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cache.num_tokens: expected [0, ", c.num_pages * c.page_tokens,
-        "], got ", c.num_tokens));
-  }
-  return absl::OkStatus();
-}
-
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(const CpuBackendOptions& options)
@@ -70,13 +52,7 @@ class CpuBackend final : public Backend {
                            const float* keys, const float* values,
                            int64_t num_tokens) override {
     if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
-    if (first_token < 0 || num_tokens < 0 ||
-        first_token + num_tokens > cache.num_pages * cache.page_tokens) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "tokens [", first_token, ", ", first_token + num_tokens,
-          ") do not fit the cache's ", cache.num_pages * cache.page_tokens,
-          " page slots"));
-    }
+    if (absl::Status s = CheckWriteRange(cache, first_token, num_tokens); !s.ok()) return s;
     if (num_tokens > 0 && (keys == nullptr || values == nullptr)) {
       return absl::InvalidArgumentError("keys/values: expected data, got null");
     }
@@ -111,12 +87,7 @@ class CpuBackend final : public Backend {
                            int64_t num_tokens, float* keys,
                            float* values) override {
     if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
-    if (first_token < 0 || num_tokens < 0 ||
-        first_token + num_tokens > cache.num_tokens) {
-      return absl::OutOfRangeError(
-          absl::StrCat("tokens [", first_token, ", ", first_token + num_tokens,
-                       "): expected within [0, ", cache.num_tokens, ")"));
-    }
+    if (absl::Status s = CheckReadRange(cache, first_token, num_tokens); !s.ok()) return s;
     const planner::PageLayout layout = MakePageLayout(plan, cache.page_tokens);
     const int d = plan.heads[0].head_dim;
     for (size_t h = 0; h < plan.heads.size(); ++h) {
@@ -133,28 +104,9 @@ class CpuBackend final : public Backend {
 
   absl::Status Attend(const planner::LayerPlan& plan, const PagedLayerView& cache,
                       const AttentionParams& p) override {
-    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
-    if (p.q_len < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("q_len: expected >= 1, got ", p.q_len));
-    }
-    if (p.num_q_heads < 1 || p.num_q_heads % plan.heads.size() != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "num_q_heads: expected a positive multiple of ", plan.heads.size(),
-          " KV heads, got ", p.num_q_heads));
-    }
-    if (p.queries == nullptr || p.out == nullptr || p.lse == nullptr) {
-      return absl::InvalidArgumentError("queries/out/lse: expected buffers");
-    }
-    const int64_t end = p.token_end < 0 ? cache.num_tokens : p.token_end;
-    if (p.token_begin < 0 || p.token_begin > end || end > cache.num_tokens) {
-      return absl::OutOfRangeError(
-          absl::StrCat("token range [", p.token_begin, ", ", end,
-                       "): expected within [0, ", cache.num_tokens, "]"));
-    }
-    if (!std::isfinite(p.scale)) {
-      return absl::InvalidArgumentError("scale: expected a finite value");
-    }
+    absl::StatusOr<int64_t> checked = CheckAttention(plan, cache, p);
+    if (!checked.ok()) return checked.status();
+    const int64_t end = *checked;
     const planner::PageLayout layout = MakePageLayout(plan, cache.page_tokens);
     const int num_kv = static_cast<int>(plan.heads.size());
     const int d = plan.heads[0].head_dim;
@@ -233,10 +185,7 @@ class CpuBackend final : public Backend {
   absl::Status ReadRecords(const planner::LayerPlan& plan, const PagedLayerView& cache,
                            int64_t first, int64_t n, uint8_t* out) override {
     if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
-    if (first < 0 || n < 0 || first + n > cache.num_tokens) {
-      return absl::OutOfRangeError(absl::StrCat("tokens [", first, ", ", first + n,
-                                                "): expected within [0, ", cache.num_tokens, ")"));
-    }
+    if (absl::Status s = CheckReadRange(cache, first, n); !s.ok()) return s;
     const planner::PageLayout layout = MakePageLayout(plan, cache.page_tokens);
     for (size_t h = 0; h < plan.heads.size(); ++h) {
       const int rb = plan.heads[h].layout.record_bytes;

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/cuda/device_plan.cuh"
+#include "kernels/validation.h"
 
 namespace ropekv::kernels {
 namespace {
@@ -110,13 +111,8 @@ class CudaBackend final : public Backend {
   absl::Status EncodeLayer(const planner::LayerPlan& plan, const PagedLayerView& cache,
                            int64_t first_token, const float* keys, const float* values,
                            int64_t num_tokens) override {
-    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
-    if (first_token < 0 || num_tokens < 0 ||
-        first_token + num_tokens > cache.num_pages * cache.page_tokens) {
-      return absl::OutOfRangeError(absl::StrCat("tokens [", first_token, ", ",
-                                                first_token + num_tokens,
-                                                ") do not fit the cache's page slots"));
-    }
+    if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
+    if (absl::Status s = CheckWriteRange(cache, first_token, num_tokens); !s.ok()) return s;
     if (num_tokens == 0) return absl::OkStatus();
     const int d = plan.heads[0].head_dim;
     const size_t n = plan.heads.size() * static_cast<size_t>(num_tokens) * d;
@@ -166,12 +162,8 @@ class CudaBackend final : public Backend {
   absl::Status DecodeLayer(const planner::LayerPlan& plan, const PagedLayerView& cache,
                            int64_t first_token, int64_t num_tokens, float* keys,
                            float* values) override {
-    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
-    if (first_token < 0 || num_tokens < 0 || first_token + num_tokens > cache.num_tokens) {
-      return absl::OutOfRangeError(absl::StrCat("tokens [", first_token, ", ",
-                                                first_token + num_tokens, "): expected within [0, ",
-                                                cache.num_tokens, ")"));
-    }
+    if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
+    if (absl::Status s = CheckReadRange(cache, first_token, num_tokens); !s.ok()) return s;
     if (num_tokens == 0) return absl::OkStatus();
     absl::MutexLock lock(&mu_);
     if (!sticky_.ok()) return sticky_;
@@ -200,22 +192,11 @@ class CudaBackend final : public Backend {
 
   absl::Status Attend(const planner::LayerPlan& plan, const PagedLayerView& cache,
                       const AttentionParams& a) override {
-    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
+    if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
+    absl::StatusOr<int64_t> checked = CheckAttention(plan, cache, a);
+    if (!checked.ok()) return checked.status();
+    const int64_t end = *checked;
     const int num_kv = static_cast<int>(plan.heads.size());
-    if (a.q_len < 1) return absl::InvalidArgumentError(absl::StrCat("q_len: expected >= 1, got ", a.q_len));
-    if (a.num_q_heads < 1 || a.num_q_heads % num_kv != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("num_q_heads: expected a positive multiple of ",
-                                                     num_kv, " KV heads, got ", a.num_q_heads));
-    }
-    if (a.queries == nullptr || a.out == nullptr || a.lse == nullptr) {
-      return absl::InvalidArgumentError("queries/out/lse: expected buffers");
-    }
-    const int64_t end = a.token_end < 0 ? cache.num_tokens : a.token_end;
-    if (a.token_begin < 0 || a.token_begin > end || end > cache.num_tokens) {
-      return absl::OutOfRangeError(absl::StrCat("token range [", a.token_begin, ", ", end,
-                                                "): expected within [0, ", cache.num_tokens, "]"));
-    }
-    if (!std::isfinite(a.scale)) return absl::InvalidArgumentError("scale: expected a finite value");
     absl::MutexLock lock(&mu_);
     if (!sticky_.ok()) return sticky_;
     absl::StatusOr<const DevicePlan*> dp = Upload(plan);
@@ -328,11 +309,8 @@ class CudaBackend final : public Backend {
 
   absl::Status ReadRecords(const planner::LayerPlan& plan, const PagedLayerView& cache,
                            int64_t first, int64_t n, uint8_t* out) override {
-    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
-    if (first < 0 || n < 0 || first + n > cache.num_tokens) {
-      return absl::OutOfRangeError(absl::StrCat("tokens [", first, ", ", first + n,
-                                                "): expected within [0, ", cache.num_tokens, ")"));
-    }
+    if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
+    if (absl::Status s = CheckReadRange(cache, first, n); !s.ok()) return s;
     absl::MutexLock lock(&mu_);
     if (!sticky_.ok()) return sticky_;
     const planner::PageLayout layout = planner::MakePageLayout(plan, cache.page_tokens);
@@ -385,14 +363,12 @@ class CudaBackend final : public Backend {
     return 1000.0 * ms / iterations;
   }
 
-  static absl::Status CheckView(const planner::LayerPlan& plan, const PagedLayerView& c) {
-    if (plan.heads.empty()) return absl::InvalidArgumentError("plan: expected at least one KV head");
+  // The shared checks plus what only the kernels limit.
+  static absl::Status CheckDeviceView(const planner::LayerPlan& plan, const PagedLayerView& c) {
+    if (absl::Status s = CheckView(plan, c); !s.ok()) return s;
     if (plan.heads[0].head_dim > dev::kMaxHeadDim) {
-      return absl::InvalidArgumentError("head_dim: above the CUDA kernels' limit");
-    }
-    if (c.page_tokens < 1 || c.num_pages < 0 || (c.num_pages > 0 && c.pages == nullptr) ||
-        c.num_tokens < 0 || c.num_tokens > c.num_pages * c.page_tokens) {
-      return absl::InvalidArgumentError("cache: inconsistent page view");
+      return absl::InvalidArgumentError(absl::StrCat("head_dim: expected <= ", dev::kMaxHeadDim,
+                                                     " for the CUDA kernels"));
     }
     return absl::OkStatus();
   }
