@@ -63,7 +63,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
     absl::StatusOr<std::unique_ptr<kernels::Backend>> cuda = kernels::CreateCudaBackend();
     if (!cuda.ok()) return cuda.status();
     server->backend_ = *std::move(cuda);
-    device = "CUDA device 0";
+    device = absl::StrCat("CUDA device 0 (", kernels::CudaDeviceDescription(0), ")");
   }
 #else
   if (o.backend == "cuda") {

@@ -493,6 +493,16 @@ absl::StatusOr<double> TimeEncodeKernel(Backend& backend, const planner::LayerPl
                                                        iterations);
 }
 
+std::string CudaDeviceDescription(int device) {
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  return absl::StrCat(prop.name, ", compute ", prop.major, ".", prop.minor, ", ",
+                      prop.totalGlobalMem >> 30, " GiB");
+}
+
 int CudaDeviceCount() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {

@@ -12,6 +12,7 @@
 #define ROPEKV_KERNELS_CUDA_CUDA_BACKEND_H_
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
@@ -27,6 +28,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
 
 // Number of visible CUDA devices (0 when none or no driver).
 int CudaDeviceCount();
+
+// "<name>, compute X.Y, N GiB" of a device, for logs; "" when unavailable.
+std::string CudaDeviceDescription(int device);
 
 // Kernel timings for the benchmark program: runs the device work of one
 // Attend (query rotation, split attention, merge) or one EncodeLayer
