@@ -29,7 +29,11 @@ Session::Session(std::string id, std::string tenant, SessionOptions options,
       created_(absl::Now()),
       last_used_(created_) {
   for (const planner::LayerPlan& l : profile_->layers) {
-    page_tokens_.push_back(static_cast<int>(std::max<int64_t>(1, pool_->page_bytes() / TokenBytes(l))));
+    // Whole 16-token tiles per page when a page holds that many: the CUDA
+    // tensor-core attention reads 16-token tiles that never straddle pages.
+    int64_t tokens = std::max<int64_t>(1, pool_->page_bytes() / TokenBytes(l));
+    if (tokens >= 16) tokens -= tokens % 16;
+    page_tokens_.push_back(static_cast<int>(tokens));
   }
   layers_.resize(profile_->layers.size());
   const planner::ModelGeometry& g = profile_->geometry;

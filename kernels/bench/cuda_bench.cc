@@ -101,15 +101,22 @@ void BM_Attend(benchmark::State& state) {
   a.out = out.data();
   a.lse = lse.data();
   double total_us = 0;
+  AttendKernelTimes times;
   for (auto _ : state) {
-    absl::StatusOr<double> us = TimeAttendKernels(*Gpu(), p.layers[0], layer.view, a, 50);
-    if (!us.ok()) {
-      state.SkipWithError(std::string(us.status().message()).c_str());
+    absl::StatusOr<AttendKernelTimes> t = TimeAttendKernels(*Gpu(), p.layers[0], layer.view, a, 50);
+    if (!t.ok()) {
+      state.SkipWithError(std::string(t.status().message()).c_str());
       return;
     }
-    state.SetIterationTime(*us / 1e6);
-    total_us += *us;
+    state.SetIterationTime(t->total_us / 1e6);
+    total_us += t->total_us;
+    times = *t;
   }
+  state.counters["rotate_us"] = times.rotate_us;
+  state.counters["attend_us"] = times.attend_us;
+  state.counters["merge_us"] = times.merge_us;
+  state.counters["splits"] = times.num_splits;
+  state.counters["tensor_cores"] = times.tensor_cores ? 1 : 0;
   const double us = total_us / state.iterations();
   state.counters["us"] = us;
   state.counters["packed_bytes"] = static_cast<double>(layer.packed_bytes);

@@ -4,6 +4,7 @@
 // of every query row of its KV head (thread per token), then accumulates
 // values in the rotated space (thread per dimension). Splits are merged by
 // lse in a second kernel, which also un-rotates the values once.
+#include <algorithm>
 #include <cfloat>
 #include <type_traits>
 
@@ -15,6 +16,7 @@ namespace {
 constexpr int kThreads = 128;   // = tokens per tile
 constexpr int kRowChunk = 16;   // query rows per pass
 constexpr int kDimsPerThread = kMaxHeadDim / kThreads;
+constexpr int kMergeThreads = 1024;
 
 __global__ void RotateQueriesKernel(RotateQueryParams p) {
   __shared__ float x[kMaxHeadDim];
@@ -201,50 +203,86 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
   }
 }
 
-__global__ void MergeKernel(MergeParams p) {
+// One block per (KV head, row): the split weights are computed in
+// parallel into shared memory, then each thread sums its dimensions over
+// the splits and un-rotates; loops are unrolled so that independent loads
+// overlap instead of waiting one by one.
+__global__ void __launch_bounds__(kMergeThreads) MergeKernel(MergeParams p) {
   __shared__ float o[kMaxHeadDim];
-  __shared__ float weight_sum;
-  __shared__ float max_lse;
+  __shared__ float w_s[kMaxSplits];
+  __shared__ float partial[kMergeThreads];
+  __shared__ float red[kMergeThreads / 32];
+  __shared__ float max_lse, weight_sum;
   const int h = blockIdx.x, r = blockIdx.y, tid = threadIdx.x, d = p.head_dim;
   const HeadPlanDevice& hp = p.heads[h];
   const int rows = p.group * p.q_len;
+  const float* lse_in = p.partial_lse + static_cast<long long>(h) * p.num_splits * rows + r;
+  float m = -INFINITY;
+  for (int s = tid; s < p.num_splits; s += blockDim.x) m = fmaxf(m, lse_in[static_cast<long long>(s) * rows]);
+  for (int o2 = 16; o2 > 0; o2 /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o2));
+  if (tid % 32 == 0) red[tid / 32] = m;
+  __syncthreads();
   if (tid == 0) {
-    float m = -INFINITY;
-    for (int s = 0; s < p.num_splits; ++s) {
-      m = fmaxf(m, p.partial_lse[(static_cast<long long>(h) * p.num_splits + s) * rows + r]);
-    }
-    float w = 0.0f;
-    if (m != -INFINITY) {
-      for (int s = 0; s < p.num_splits; ++s) {
-        w += __expf(p.partial_lse[(static_cast<long long>(h) * p.num_splits + s) * rows + r] - m);
-      }
-    }
-    max_lse = m;
-    weight_sum = w;
+    float mm = red[0];
+    for (int w = 1; w < (blockDim.x + 31) / 32; ++w) mm = fmaxf(mm, red[w]);
+    max_lse = mm;
+  }
+  __syncthreads();
+  const float mx = max_lse;
+  float wsum = 0.0f;
+  for (int s = tid; s < p.num_splits; s += blockDim.x) {
+    const float w = mx == -INFINITY ? 0.0f : __expf(lse_in[static_cast<long long>(s) * rows] - mx);
+    w_s[s] = w;
+    wsum += w;
+  }
+  for (int o2 = 16; o2 > 0; o2 /= 2) wsum += __shfl_xor_sync(0xffffffffu, wsum, o2);
+  __syncthreads();  // everyone has read red[] before it is reused
+  if (tid % 32 == 0) red[tid / 32] = wsum;
+  __syncthreads();
+  if (tid == 0) {
+    float t = 0.0f;
+    for (int w = 0; w < (blockDim.x + 31) / 32; ++w) t += red[w];
+    weight_sum = t;
   }
   __syncthreads();
   const int g = r / p.q_len, i = r % p.q_len;
   const long long out_row = (static_cast<long long>(h) * p.group + g) * p.q_len + i;
-  if (max_lse == -INFINITY) {
+  if (mx == -INFINITY) {
     for (int j = tid; j < d; j += blockDim.x) p.out[out_row * d + j] = 0.0f;
     if (tid == 0) p.lse[out_row] = -INFINITY;
     return;
   }
-  for (int j = tid; j < d; j += blockDim.x) {
+  // Each dimension is served by `parts` threads that split the sums over
+  // the splits and over the rotation's rows, then add up in shared memory.
+  const int parts = max(1, min(4, kMergeThreads / d)), part = tid / d, j = tid % d;
+  const float* out_in = p.partial_out + (static_cast<long long>(h) * p.num_splits * rows + r) * d;
+  const long long split_stride = static_cast<long long>(rows) * d;
+  if (part < parts) {
     float s = 0.0f;
-    for (int sp = 0; sp < p.num_splits; ++sp) {
-      const long long idx = (static_cast<long long>(h) * p.num_splits + sp) * rows + r;
-      const float w = __expf(p.partial_lse[idx] - max_lse);
-      if (w > 0.0f) s = fmaf(w, p.partial_out[idx * d + j], s);
-    }
-    o[j] = s / weight_sum;
+#pragma unroll 8
+    for (int sp = part; sp < p.num_splits; sp += parts) s = fmaf(w_s[sp], out_in[sp * split_stride + j], s);
+    partial[part * d + j] = s;
   }
   __syncthreads();
-  // out = R_v^T o: column j of R_v^T is row j of R_v... entry (j, k) = R_v[k][j].
-  for (int j = tid; j < d; j += blockDim.x) {
+  if (tid < d) {
     float s = 0.0f;
-    for (int k = 0; k < d; ++k) s = fmaf(hp.value_rotation[static_cast<long long>(k) * d + j], o[k], s);
-    p.out[out_row * d + j] = s;
+    for (int q = 0; q < parts; ++q) s += partial[q * d + tid];
+    o[tid] = s / weight_sum;
+  }
+  __syncthreads();
+  // out = R_v^T o: entry (j, k) of R_v^T is R_v[k][j].
+  if (part < parts) {
+    const float* rot = hp.value_rotation;
+    float s = 0.0f;
+#pragma unroll 8
+    for (int k = part; k < d; k += parts) s = fmaf(rot[static_cast<long long>(k) * d + j], o[k], s);
+    partial[part * d + j] = s;
+  }
+  __syncthreads();
+  if (tid < d) {
+    float s = 0.0f;
+    for (int q = 0; q < parts; ++q) s += partial[q * d + tid];
+    p.out[out_row * d + tid] = s;
   }
   if (tid == 0) p.lse[out_row] = max_lse + logf(weight_sum);
 }
@@ -288,7 +326,9 @@ cudaError_t LaunchAttend(const AttendParams& p, cudaStream_t stream) {
 
 cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream) {
   const dim3 grid(p.num_kv_heads, p.group * p.q_len);
-  MergeKernel<<<grid, 128, 0, stream>>>(p);
+  // Up to four threads per dimension (blockDim = parts x head_dim).
+  const int parts = std::max(1, std::min(4, kMergeThreads / p.head_dim));
+  MergeKernel<<<grid, (parts * p.head_dim + 31) / 32 * 32, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

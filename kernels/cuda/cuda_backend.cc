@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <vector>
 
@@ -54,6 +55,7 @@ struct DevicePlan {
   int head_dim = 0;
   int max_record_bytes = 0;
   int max_levels = 0;
+  int lut_words = 0;  // tensor-core path decode tables, max over heads
 };
 
 uint64_t Fingerprint(const planner::LayerPlan& plan) {
@@ -205,11 +207,25 @@ class CudaBackend final : public Backend {
     const int group = a.num_q_heads / num_kv;
     const int rows = group * a.q_len;
     const size_t q_floats = static_cast<size_t>(a.num_q_heads) * a.q_len * d;
-    // Split the range so that about eight blocks per SM are in flight.
+    // The tensor-core kernel needs 16-token tiles that never straddle a
+    // page and 16-byte aligned pages; anything else takes the scalar kernel.
+    // Its cost per token hardly depends on the query rows (up to 16) while
+    // the scalar kernel's grows with them: measured on the H200, the scalar
+    // kernel is ahead only for 4 rows or fewer beyond ~64K tokens.
+    const bool mma = dev::AttendMmaSupports(d) && cache.page_tokens % 16 == 0 && end < (int64_t{1} << 31) &&
+                     (rows > 4 || end - a.token_begin <= 65536) &&
+                     std::all_of(cache.pages, cache.pages + cache.num_pages, [](const uint8_t* page) {
+                       return reinterpret_cast<uintptr_t>(page) % 16 == 0;
+                     });
+    // Split the range so that a few blocks per SM are in flight, each with
+    // enough tiles to amortise its set-up (decode tables, query fragments).
     const int64_t tokens = end - a.token_begin;
-    const int64_t tiles = std::max<int64_t>(1, (tokens + 127) / 128);
-    int64_t splits = std::min<int64_t>(tiles, std::max<int64_t>(1, (8 * sm_count_ + num_kv - 1) / num_kv));
-    const int64_t per_split = ((tiles + splits - 1) / splits) * 128;
+    const int64_t tile = mma ? 64 : 128;  // tokens: a tile per warp at least
+    const int64_t tiles = std::max<int64_t>(1, (tokens + tile - 1) / tile);
+    const int64_t waves = mma ? 3 : 8;
+    int64_t splits = std::min<int64_t>({tiles, int64_t{dev::kMaxSplits},
+                                        std::max<int64_t>(1, (waves * sm_count_ + num_kv - 1) / num_kv)});
+    const int64_t per_split = ((tiles + splits - 1) / splits) * tile;
     splits = std::max<int64_t>(1, (tokens + per_split - 1) / per_split);
     RETURN_IF_CUDA(in_k_.Ensure(q_floats * 4), "staging");
     RETURN_IF_CUDA(rotated_.Ensure(q_floats * 4), "staging");
@@ -242,10 +258,12 @@ class CudaBackend final : public Backend {
     ap.tokens_per_split = per_split;
     ap.max_record_bytes = (*dp)->max_record_bytes;
     ap.max_levels = (*dp)->max_levels;
+    ap.lut_words = (*dp)->lut_words;
     ap.partial_out = partial_out_.as<float>();
     ap.partial_lse = partial_lse_.as<float>();
     last_attend_ = ap;
-    RETURN_IF_CUDA(dev::LaunchAttend(ap, stream_), "attend launch");
+    last_attend_mma_ = mma;
+    RETURN_IF_CUDA(mma ? dev::LaunchAttendMma(ap, stream_) : dev::LaunchAttend(ap, stream_), "attend launch");
     dev::MergeParams mp{(*dp)->heads, num_kv, d, group, a.q_len, static_cast<int>(splits),
                         partial_out_.as<float>(), partial_lse_.as<float>(), out_.as<float>(),
                         lse_.as<float>()};
@@ -260,8 +278,8 @@ class CudaBackend final : public Backend {
 
   // Benchmark support (see cuda_backend.h): the same launches as Attend /
   // EncodeLayer, repeated between events.
-  absl::StatusOr<double> TimeAttend(const planner::LayerPlan& plan, const PagedLayerView& cache,
-                                    const AttentionParams& a, int iterations) {
+  absl::StatusOr<AttendKernelTimes> TimeAttend(const planner::LayerPlan& plan, const PagedLayerView& cache,
+                                               const AttentionParams& a, int iterations) {
     // One real call stages queries, page table and workspace on the device.
     std::vector<float> out(static_cast<size_t>(a.num_q_heads) * a.q_len * plan.heads[0].head_dim);
     std::vector<float> lse(static_cast<size_t>(a.num_q_heads) * a.q_len);
@@ -270,12 +288,29 @@ class CudaBackend final : public Backend {
     warm.lse = lse.data();
     if (absl::Status s = Attend(plan, cache, warm); !s.ok()) return s;
     absl::MutexLock lock(&mu_);
-    return TimeLaunches(iterations, [&] {
-      cudaError_t e = dev::LaunchRotateQueries(last_rotate_, stream_);
-      if (e == cudaSuccess) e = dev::LaunchAttend(last_attend_, stream_);
-      if (e == cudaSuccess) e = dev::LaunchMerge(last_merge_, stream_);
+    auto rotate = [&] { return dev::LaunchRotateQueries(last_rotate_, stream_); };
+    auto attend = [&] {
+      return last_attend_mma_ ? dev::LaunchAttendMma(last_attend_, stream_) : dev::LaunchAttend(last_attend_, stream_);
+    };
+    auto merge = [&] { return dev::LaunchMerge(last_merge_, stream_); };
+    AttendKernelTimes t;
+    t.num_splits = last_attend_.num_splits;
+    t.tensor_cores = last_attend_mma_;
+    absl::StatusOr<double> us = TimeLaunches(iterations, [&] {
+      cudaError_t e = rotate();
+      if (e == cudaSuccess) e = attend();
+      if (e == cudaSuccess) e = merge();
       return e;
     });
+    if (!us.ok()) return us.status();
+    t.total_us = *us;
+    for (auto [launch, field] : {std::pair<std::function<cudaError_t()>, double*>{rotate, &t.rotate_us},
+                                 {attend, &t.attend_us}, {merge, &t.merge_us}}) {
+      us = TimeLaunches(iterations, launch);
+      if (!us.ok()) return us.status();
+      *field = *us;
+    }
+    return t;
   }
 
   absl::StatusOr<double> TimeEncode(const planner::LayerPlan& plan, const PagedLayerView& cache,
@@ -440,6 +475,9 @@ class CudaBackend final : public Backend {
       prefix += hp.layout.record_bytes;
       dp.max_record_bytes = std::max(dp.max_record_bytes, hp.layout.record_bytes);
       dp.max_levels = std::max(dp.max_levels, levels + (1 << hp.value_bits));
+      int lut_words = dev::AttendMmaLutWords(hp.value_bits, false);
+      for (const planner::KeyGroupPlan& kg : hp.key_groups) lut_words += dev::AttendMmaLutWords(kg.bits, true);
+      dp.lut_words = std::max(dp.lut_words, lut_words);
     }
     RETURN_IF_CUDA(cudaMalloc(&dp.blob, blob.size()), "plan upload");
     RETURN_IF_CUDA(cudaMemcpy(dp.blob, blob.data(), blob.size(), cudaMemcpyHostToDevice), "plan upload");
@@ -475,14 +513,15 @@ class CudaBackend final : public Backend {
   dev::EncodeParams last_encode_ ABSL_GUARDED_BY(mu_) = {};
   dev::RotateQueryParams last_rotate_ ABSL_GUARDED_BY(mu_) = {};
   dev::AttendParams last_attend_ ABSL_GUARDED_BY(mu_) = {};
+  bool last_attend_mma_ ABSL_GUARDED_BY(mu_) = false;
   dev::MergeParams last_merge_ ABSL_GUARDED_BY(mu_) = {};
 };
 
 }  // namespace
 
-absl::StatusOr<double> TimeAttendKernels(Backend& backend, const planner::LayerPlan& plan,
-                                         const PagedLayerView& cache,
-                                         const AttentionParams& params, int iterations) {
+absl::StatusOr<AttendKernelTimes> TimeAttendKernels(Backend& backend, const planner::LayerPlan& plan,
+                                                    const PagedLayerView& cache,
+                                                    const AttentionParams& params, int iterations) {
   return static_cast<CudaBackend&>(backend).TimeAttend(plan, cache, params, iterations);
 }
 

@@ -37,9 +37,17 @@ std::string CudaDeviceDescription(int device);
 // `iterations` times back to back on the backend's stream, with inputs
 // already on the device, and returns the mean microseconds per call
 // between CUDA events. REQUIRES: `backend` came from CreateCudaBackend.
-absl::StatusOr<double> TimeAttendKernels(Backend& backend, const planner::LayerPlan& plan,
-                                         const PagedLayerView& cache,
-                                         const AttentionParams& params, int iterations);
+struct AttendKernelTimes {
+  double total_us = 0;   // the three launches back to back, as a call runs them
+  double rotate_us = 0;  // query rotation alone
+  double attend_us = 0;  // split attention alone
+  double merge_us = 0;   // merge of the splits and value un-rotation alone
+  int num_splits = 0;
+  bool tensor_cores = false;  // which attention kernel ran
+};
+absl::StatusOr<AttendKernelTimes> TimeAttendKernels(Backend& backend, const planner::LayerPlan& plan,
+                                                    const PagedLayerView& cache,
+                                                    const AttentionParams& params, int iterations);
 absl::StatusOr<double> TimeEncodeKernel(Backend& backend, const planner::LayerPlan& plan,
                                         const PagedLayerView& cache, const float* keys,
                                         const float* values, int64_t num_tokens, int iterations);

@@ -14,6 +14,7 @@ namespace ropekv::kernels::cuda {
 
 constexpr int kMaxGroups = 8;
 constexpr int kMaxHeadDim = 512;
+constexpr int kMaxSplits = 1024;  // splits of one attention call (merge weights in shared memory)
 
 struct HeadPlanDevice {
   int head_dim;
@@ -97,6 +98,7 @@ struct AttendParams {
   long long tokens_per_split;
   int max_record_bytes;  // over the layer's heads (sizes shared memory)
   int max_levels;        // key levels of all groups plus value levels, max over heads
+  int lut_words;         // tensor-core path: lookup-table words, max over heads
   float* partial_out;  // [num_kv_heads, num_splits, rows, head_dim], rotated space
   float* partial_lse;  // [num_kv_heads, num_splits, rows]
 };
@@ -118,6 +120,14 @@ cudaError_t LaunchEncode(const EncodeParams& p, cudaStream_t stream);
 cudaError_t LaunchDecode(const DecodeParams& p, cudaStream_t stream);
 cudaError_t LaunchRotateQueries(const RotateQueryParams& p, cudaStream_t stream);
 cudaError_t LaunchAttend(const AttendParams& p, cudaStream_t stream);
+// Tensor-core attention (attention_mma.cu): the same outputs as
+// LaunchAttend for head_dim 64, 128 or 256 when every page is 16-byte
+// aligned and page_tokens is a multiple of 16 (tiles of 16 tokens are
+// copied with 16-byte cp.async and never straddle a page).
+cudaError_t LaunchAttendMma(const AttendParams& p, cudaStream_t stream);
+int AttendMmaLutWords(int bits, bool key);  // words of one width's decode table
+bool AttendMmaSupports(int head_dim);
+
 cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream);
 
 }  // namespace ropekv::kernels::cuda
