@@ -347,7 +347,7 @@ TEST_F(ServiceTest, AttentionEqualsBackendBitForBitAndDenseFp64) {
       testing::ReferenceAttention(q, kQHeads, q_len, k_hat, v_hat, kKvHeads, tokens, kHeadDim,
                                   1.0 / std::sqrt(kHeadDim), causal.has_value(),
                                   causal.value_or(0), 0, tokens, &ref, &ref_lse);
-      EXPECT_LT(testing::RelativeError(out, ref), 1e-5);
+      EXPECT_LT(testing::RelativeError(out, ref), testing::AttentionOutputTolerance());
       for (size_t i = 0; i < lse.size(); ++i) EXPECT_NEAR(lse[i], ref_lse[i], 1e-4);
     }
   }
@@ -620,7 +620,8 @@ TEST_F(ServiceTest, SinkAndWindowTokensAreAttendedInFp16) {
         testing::ReferenceAttention(q, kQHeads, q_len, k_hat, v_hat, kKvHeads, len, kHeadDim,
                                     1.0 / std::sqrt(kHeadDim), causal.has_value(), causal.value_or(0),
                                     0, len, &ref, &ref_lse);
-        EXPECT_LT(testing::RelativeError(*client::TensorValues(r->results(0).output()), ref), 1e-5)
+        EXPECT_LT(testing::RelativeError(*client::TensorValues(r->results(0).output()), ref),
+                  testing::AttentionOutputTolerance())
             << "len " << len << " layer " << layer;
         std::vector<float> lse = *client::TensorValues(r->results(0).lse());
         for (size_t i = 0; i < lse.size(); ++i) EXPECT_NEAR(lse[i], ref_lse[i], 1e-4);
