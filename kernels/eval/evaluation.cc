@@ -1,0 +1,242 @@
+#include "kernels/eval/evaluation.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/codec.h"
+#include "nlohmann/json.hpp"
+#include "planner/fidelity.h"
+
+namespace ropekv::kernels {
+namespace {
+
+using planner::SequenceSplit;
+
+// Causal softmax attention of one query head over one sequence in fp64:
+// out[t] = sum_{u <= t} softmax_u(q_t . k_u / sqrt(d)) v_u.
+void CausalAttention(const float* q, const float* k, const float* v, int64_t n, int d,
+                     std::vector<double>* out) {
+  out->assign(static_cast<size_t>(n) * d, 0.0);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  std::vector<double> w(n);
+  for (int64_t t = 0; t < n; ++t) {
+    double mx = -INFINITY;
+    for (int64_t u = 0; u <= t; ++u) {
+      double s = 0;
+      for (int j = 0; j < d; ++j) s += static_cast<double>(q[t * d + j]) * k[u * d + j];
+      w[u] = s * scale;
+      mx = std::max(mx, w[u]);
+    }
+    double sum = 0;
+    for (int64_t u = 0; u <= t; ++u) sum += (w[u] = std::exp(w[u] - mx));
+    double* o = out->data() + t * d;
+    for (int64_t u = 0; u <= t; ++u) {
+      const double p = w[u] / sum;
+      for (int j = 0; j < d; ++j) o[j] += p * v[u * d + j];
+    }
+  }
+}
+
+planner::Budget BudgetFor(EvalMethod m, int key_bits, int value_bits) {
+  if (m == EvalMethod::kUniform) return planner::UniformBudget(key_bits, value_bits);
+  planner::Budget b;
+  b.key_avg_bits = key_bits;
+  b.value_bits = value_bits;
+  b.score = m == EvalMethod::kEnergy ? planner::ScoreKind::kEnergy : planner::ScoreKind::kLogit;
+  return b;
+}
+
+}  // namespace
+
+const char* EvalMethodName(EvalMethod m) {
+  switch (m) {
+    case EvalMethod::kUniform: return "uniform";
+    case EvalMethod::kEnergy: return "energy";
+    case EvalMethod::kLogit: return "logit";
+    case EvalMethod::kLogitSameBytes: return "logit-same-bytes";
+  }
+  return "?";
+}
+
+absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file,
+                                            const EvalOptions& options) {
+  if (options.key_bits.empty() || options.key_bits.size() != options.value_bits.size()) {
+    return absl::InvalidArgumentError("key_bits/value_bits: expected two lists of the same, non-zero length");
+  }
+  if (options.methods.empty()) return absl::InvalidArgumentError("methods: expected at least one");
+  if (options.calibrate == SequenceSplit::kAll) {
+    return absl::InvalidArgumentError("calibrate: expected even or odd (the other split is the test set)");
+  }
+  if (options.num_offsets < 1 || !(options.max_offset >= 0)) {
+    return absl::InvalidArgumentError("num_offsets/max_offset: expected >= 1 offsets and a range >= 0");
+  }
+  absl::StatusOr<planner::ModelGeometry> geometry = planner::GeometryFromMetadata(file);
+  if (!geometry.ok()) return geometry.status();
+  const planner::ModelGeometry& g = *geometry;
+  if (!file.tensors().count("v")) return absl::InvalidArgumentError("v: tensor missing (expected [layer, head, token, head_dim])");
+  const std::vector<int64_t>& kshape = file.tensors().at("k").shape;
+  if (file.tensors().at("v").shape != kshape) {
+    return absl::InvalidArgumentError("v: expected the shape of k");
+  }
+  const int64_t tokens = kshape[2];
+  absl::StatusOr<std::vector<std::pair<int64_t, int64_t>>> ranges = planner::SequenceRanges(file, tokens);
+  if (!ranges.ok()) return ranges.status();
+  if (ranges->size() < 2) {
+    return absl::FailedPreconditionError("seq_offsets: one sequence only, so no calibration/test split");
+  }
+  absl::StatusOr<std::vector<float>> q = file.ReadFloat("q");
+  if (!q.ok()) return q.status();
+  absl::StatusOr<std::vector<float>> k = file.ReadFloat("k");
+  if (!k.ok()) return k.status();
+  absl::StatusOr<std::vector<float>> v = file.ReadFloat("v");
+  if (!v.ok()) return v.status();
+
+  EvalReport report;
+  report.geometry = g;
+  const bool cal_even = options.calibrate == SequenceSplit::kEven;
+  report.calibrate = cal_even ? "even" : "odd";
+  report.test = cal_even ? "odd" : "even";
+  std::vector<std::pair<int64_t, int64_t>> test;
+  for (size_t s = cal_even ? 1 : 0; s < ranges->size(); s += 2) test.push_back((*ranges)[s]);
+  for (const auto& [b, e] : test) report.test_tokens += e - b;
+  report.test_sequences = static_cast<int>(test.size());
+
+  absl::StatusOr<planner::ScoreAccumulator> scores = planner::ScoreAccumulator::Create(g);
+  if (!scores.ok()) return scores.status();
+  if (absl::Status s = planner::AccumulateCalibration(file, options.calibrate, &*scores); !s.ok()) return s;
+
+  const int d = g.head_dim, group = g.group_size();
+  absl::StatusOr<std::vector<planner::RopeBlock>> blocks = planner::RopeBlocks(g);
+  if (!blocks.ok()) return blocks.status();
+  const std::vector<double> offsets = planner::LogitOffsets(options.num_offsets, -options.max_offset, options.max_offset);
+  auto at = [&](const std::vector<float>& x, int layer, int head, int heads, int64_t t) {
+    return x.data() + ((static_cast<int64_t>(layer) * heads + head) * tokens + t) * d;
+  };
+
+  for (size_t bi = 0; bi < options.key_bits.size(); ++bi) {
+    std::vector<double> uniform_mae;
+    for (EvalMethod m : options.methods) {
+      planner::Budget budget = BudgetFor(m, options.key_bits[bi], options.value_bits[bi]);
+      absl::StatusOr<planner::ModelProfile> profile = planner::BuildProfile(*scores, budget);
+      if (!profile.ok()) return profile.status();
+      if (m == EvalMethod::kLogitSameBytes) {
+        absl::StatusOr<planner::ModelProfile> uniform = planner::BuildProfile(
+            *scores, planner::UniformBudget(options.key_bits[bi], options.value_bits[bi]));
+        if (!uniform.ok()) return uniform.status();
+        const double step = 2.0 / g.head_dim;  // one bit per block
+        while (profile->packed_bytes_per_token() > uniform->packed_bytes_per_token() &&
+               budget.key_avg_bits - step >= budget.min_bits) {
+          budget.key_avg_bits -= step;
+          profile = planner::BuildProfile(*scores, budget);
+          if (!profile.ok()) return profile.status();
+        }
+      }
+      MethodFidelity r;
+      r.key_avg_bits = budget.key_avg_bits;
+      r.method = m;
+      r.key_bits = options.key_bits[bi];
+      r.value_bits = options.value_bits[bi];
+      r.layers.resize(g.num_layers);
+      for (int layer = 0; layer < g.num_layers; ++layer) {
+        LayerFidelity& lf = r.layers[layer];
+        double err2 = 0, ref2 = 0;
+        for (int h = 0; h < g.num_kv_heads; ++h) {
+          const planner::HeadPlan& plan = profile->layers[layer].heads[h];
+          lf.packed_bytes_per_token += plan.layout.record_bytes;
+          std::vector<uint8_t> rec(plan.layout.record_bytes);
+          // Test tokens of this head: originals and reconstructions.
+          std::vector<float> kk(report.test_tokens * d), kh(kk.size()), vv(kk.size()), vh(kk.size());
+          std::vector<float> qq(static_cast<size_t>(group) * report.test_tokens * d);
+          int64_t i = 0;
+          for (const auto& [b, e] : test) {
+            for (int64_t t = b; t < e; ++t, ++i) {
+              const float* ks = at(*k, layer, h, g.num_kv_heads, t);
+              const float* vs = at(*v, layer, h, g.num_kv_heads, t);
+              std::copy(ks, ks + d, kk.begin() + i * d);
+              std::copy(vs, vs + d, vv.begin() + i * d);
+              if (absl::Status s = EncodeKey(plan, ks, rec.data()); !s.ok()) {
+                return absl::InvalidArgumentError(absl::StrCat("k[", layer, ", ", h, ", ", t, "]: ", s.message()));
+              }
+              if (absl::Status s = EncodeValue(plan, vs, rec.data()); !s.ok()) {
+                return absl::InvalidArgumentError(absl::StrCat("v[", layer, ", ", h, ", ", t, "]: ", s.message()));
+              }
+              DecodeKey(plan, rec.data(), kh.data() + i * d);
+              DecodeValue(plan, rec.data(), vh.data() + i * d);
+              for (int gi = 0; gi < group; ++gi) {
+                const float* qs = at(*q, layer, h * group + gi, g.num_q_heads, t);
+                std::copy(qs, qs + d, qq.begin() + (gi * report.test_tokens + i) * d);
+              }
+            }
+          }
+          lf.logit_mae += planner::RopeLogitMae(*blocks, qq.data(), group, kk.data(), kh.data(),
+                                                report.test_tokens, offsets) / g.num_kv_heads;
+          // Attention within each test sequence, per query head.
+          std::vector<double> o, oh;
+          int64_t first = 0;
+          for (const auto& [b, e] : test) {
+            const int64_t n = e - b;
+            for (int gi = 0; gi < group; ++gi) {
+              const float* qs = qq.data() + (gi * report.test_tokens + first) * d;
+              CausalAttention(qs, kk.data() + first * d, vv.data() + first * d, n, d, &o);
+              CausalAttention(qs, kh.data() + first * d, vh.data() + first * d, n, d, &oh);
+              for (size_t j = 0; j < o.size(); ++j) {
+                err2 += (oh[j] - o[j]) * (oh[j] - o[j]);
+                ref2 += o[j] * o[j];
+              }
+            }
+            first += n;
+          }
+        }
+        lf.attention_error = ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
+        r.mean_logit_mae += lf.logit_mae / g.num_layers;
+        r.mean_attention_error += lf.attention_error / g.num_layers;
+      }
+      r.packed_bytes_per_token = profile->packed_bytes_per_token();
+      r.compression = static_cast<double>(profile->fp16_bytes_per_token()) / r.packed_bytes_per_token;
+      if (m == EvalMethod::kUniform) {
+        for (const LayerFidelity& lf : r.layers) uniform_mae.push_back(lf.logit_mae);
+      } else if (!uniform_mae.empty()) {
+        r.layers_beating_uniform = 0;
+        for (int l = 0; l < g.num_layers; ++l) r.layers_beating_uniform += r.layers[l].logit_mae < uniform_mae[l];
+      }
+      report.results.push_back(std::move(r));
+    }
+  }
+  return report;
+}
+
+std::string EvalReportJson(const EvalReport& report) {
+  nlohmann::json j;
+  const planner::ModelGeometry& g = report.geometry;
+  j["geometry"] = {{"num_layers", g.num_layers}, {"num_q_heads", g.num_q_heads},
+                   {"num_kv_heads", g.num_kv_heads}, {"head_dim", g.head_dim},
+                   {"rope_layout", planner::RopeLayoutName(g.rope_layout)},
+                   {"rotary_dim", g.rotary_dim}, {"rope_theta", g.rope_theta}};
+  j["calibrate"] = report.calibrate;
+  j["test"] = report.test;
+  j["test_tokens"] = report.test_tokens;
+  j["test_sequences"] = report.test_sequences;
+  j["results"] = nlohmann::json::array();
+  for (const MethodFidelity& r : report.results) {
+    nlohmann::json m = {{"method", EvalMethodName(r.method)},
+                        {"key_bits", r.key_bits},
+                        {"key_avg_bits", r.key_avg_bits},
+                        {"value_bits", r.value_bits},
+                        {"mean_logit_mae", r.mean_logit_mae},
+                        {"mean_attention_error", r.mean_attention_error},
+                        {"packed_bytes_per_token", r.packed_bytes_per_token},
+                        {"compression", r.compression}};
+    if (r.layers_beating_uniform >= 0) m["layers_beating_uniform"] = r.layers_beating_uniform;
+    m["layers"] = nlohmann::json::array();
+    for (const LayerFidelity& l : r.layers) {
+      m["layers"].push_back({{"logit_mae", l.logit_mae},
+                             {"attention_error", l.attention_error},
+                             {"packed_bytes_per_token", l.packed_bytes_per_token}});
+    }
+    j["results"].push_back(std::move(m));
+  }
+  return j.dump(2);
+}
+
+}  // namespace ropekv::kernels
