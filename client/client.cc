@@ -239,6 +239,45 @@ absl::StatusOr<std::vector<pb::SessionInfo>> Client::ListSessions() {
   return std::vector<pb::SessionInfo>(resp.sessions().begin(), resp.sessions().end());
 }
 
+absl::StatusOr<pb::ServerInfo> Client::GetServerInfo() {
+  auto ctx = NewContext();
+  pb::ServerInfo info;
+  absl::Status s = FromGrpc(stub_->GetServerInfo(ctx.get(), pb::GetServerInfoRequest(), &info));
+  if (!s.ok()) return s;
+  return info;
+}
+
+absl::Status Client::Echo(int64_t payload_bytes, int64_t response_bytes) {
+  auto ctx = NewContext();
+  pb::EchoRequest req;
+  req.mutable_payload()->assign(static_cast<size_t>(payload_bytes), '\x5a');
+  req.set_response_bytes(response_bytes);
+  pb::EchoResponse resp;
+  absl::Status s = FromGrpc(stub_->Echo(ctx.get(), req, &resp));
+  if (s.ok() && (resp.received_bytes() != payload_bytes ||
+                 static_cast<int64_t>(resp.payload().size()) != response_bytes)) {
+    return absl::DataLossError("Echo: byte counts do not match what was sent");
+  }
+  return s;
+}
+
+absl::Status Client::EchoStream(int64_t payload_bytes, int messages) {
+  auto ctx = NewContext();
+  pb::EchoResponse resp;
+  std::unique_ptr<grpc::ClientWriter<pb::EchoRequest>> writer = stub_->EchoStream(ctx.get(), &resp);
+  pb::EchoRequest req;
+  req.mutable_payload()->assign(static_cast<size_t>(payload_bytes), '\x5a');
+  for (int i = 0; i < messages; ++i) {
+    if (!writer->Write(req)) break;
+  }
+  writer->WritesDone();
+  absl::Status s = FromGrpc(writer->Finish());
+  if (s.ok() && resp.received_bytes() != payload_bytes * messages) {
+    return absl::DataLossError("EchoStream: byte counts do not match what was sent");
+  }
+  return s;
+}
+
 absl::Status Client::DropSession(const std::string& id) {
   auto ctx = NewContext();
   pb::DropSessionRequest req;

@@ -120,6 +120,14 @@ class Client {
   absl::Status Read(const ropekv::v1::ReadRequest& request,
                     const std::function<bool(const ropekv::v1::ReadResponse&)>& on_message);
 
+  // What the server runs on.
+  absl::StatusOr<ropekv::v1::ServerInfo> GetServerInfo();
+  // Diagnostics (server started with --enable_echo): one call carrying
+  // payload_bytes up and response_bytes back, or a stream of `messages`
+  // payloads of payload_bytes each, like an append's chunks.
+  absl::Status Echo(int64_t payload_bytes, int64_t response_bytes);
+  absl::Status EchoStream(int64_t payload_bytes, int messages);
+
   // The raw stub, for calls the helpers do not cover.
   ropekv::v1::RopeKv::Stub& stub() { return *stub_; }
   // A context with the deadline and token set.

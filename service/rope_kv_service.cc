@@ -3,6 +3,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -656,6 +657,71 @@ grpc::ServerBidiReactor<pb::AttendRequest, pb::AttendResponse>* RopeKvService::A
 grpc::ServerWriteReactor<pb::ReadResponse>* RopeKvService::Read(
     grpc::CallbackServerContext* ctx, const pb::ReadRequest* request) {
   return new ReadReactor(this, ctx, request);
+}
+
+// ------------------------------------------------------------ server info, echo
+
+grpc::ServerUnaryReactor* RopeKvService::GetServerInfo(grpc::CallbackServerContext* ctx,
+                                                       const pb::GetServerInfoRequest*,
+                                                       pb::ServerInfo* resp) {
+  return Unary(this, "GetServerInfo", ctx, [&](const std::string&) -> absl::Status {
+    resp->set_backend(deps_.backend->name());
+    resp->set_device(deps_.device);
+    resp->set_page_bytes(deps_.pool->page_bytes());
+    resp->set_total_pages(deps_.pool->total_pages());
+    resp->set_free_pages(deps_.pool->free_pages());
+    resp->set_host_cpus(static_cast<int>(std::thread::hardware_concurrency()));
+    resp->set_echo_enabled(deps_.enable_echo);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RopeKvService::Echo(grpc::CallbackServerContext* ctx,
+                                              const pb::EchoRequest* req, pb::EchoResponse* resp) {
+  return Unary(this, "Echo", ctx, [&](const std::string&) -> absl::Status {
+    if (!deps_.enable_echo) return absl::UnimplementedError("Echo: the server runs without --enable_echo");
+    if (req->response_bytes() < 0 || req->response_bytes() > deps_.max_message_bytes - 64) {
+      return absl::InvalidArgumentError(absl::StrCat("response_bytes: expected 0..", deps_.max_message_bytes - 64,
+                                                     ", got ", req->response_bytes()));
+    }
+    resp->set_received_bytes(static_cast<int64_t>(req->payload().size()));
+    resp->mutable_payload()->assign(static_cast<size_t>(req->response_bytes()), '\0');
+    return absl::OkStatus();
+  });
+}
+
+class EchoStreamReactor final : public Recorded<grpc::ServerReadReactor<pb::EchoRequest>> {
+ public:
+  EchoStreamReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx,
+                    pb::EchoResponse* response)
+      : Recorded(service, "EchoStream"), response_(response) {
+    if (!Authenticate(ctx)) return;
+    if (!service->deps().enable_echo) {
+      FinishRecorded(absl::UnimplementedError("EchoStream: the server runs without --enable_echo"));
+      return;
+    }
+    StartRead(&request_);
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      response_->set_received_bytes(received_);
+      FinishRecorded(absl::OkStatus());
+      return;
+    }
+    received_ += static_cast<int64_t>(request_.payload().size());
+    StartRead(&request_);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  pb::EchoResponse* response_;
+  pb::EchoRequest request_;
+  int64_t received_ = 0;
+};
+
+grpc::ServerReadReactor<pb::EchoRequest>* RopeKvService::EchoStream(grpc::CallbackServerContext* ctx,
+                                                                    pb::EchoResponse* resp) {
+  return new EchoStreamReactor(this, ctx, resp);
 }
 
 }  // namespace ropekv::service

@@ -39,6 +39,10 @@ struct ServiceDeps {
   Metrics* metrics = nullptr;
   // Largest response message; larger ones fail with RESOURCE_EXHAUSTED.
   int64_t max_message_bytes = 64 << 20;
+  // Reported by GetServerInfo.
+  std::string device;
+  // Serve the Echo diagnostics (off: UNIMPLEMENTED).
+  bool enable_echo = false;
 };
 
 class RopeKvService final : public ropekv::v1::RopeKv::CallbackService {
@@ -77,6 +81,14 @@ class RopeKvService final : public ropekv::v1::RopeKv::CallbackService {
   AttendStream(grpc::CallbackServerContext* ctx) override;
   grpc::ServerWriteReactor<ropekv::v1::ReadResponse>* Read(
       grpc::CallbackServerContext* ctx, const ropekv::v1::ReadRequest* request) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* ctx,
+                                          const ropekv::v1::GetServerInfoRequest* request,
+                                          ropekv::v1::ServerInfo* response) override;
+  grpc::ServerUnaryReactor* Echo(grpc::CallbackServerContext* ctx,
+                                 const ropekv::v1::EchoRequest* request,
+                                 ropekv::v1::EchoResponse* response) override;
+  grpc::ServerReadReactor<ropekv::v1::EchoRequest>* EchoStream(
+      grpc::CallbackServerContext* ctx, ropekv::v1::EchoResponse* response) override;
 
   // Shared by the RPCs and their reactors.
   absl::StatusOr<std::string> TenantOf(grpc::CallbackServerContext* ctx) const;

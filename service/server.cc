@@ -111,6 +111,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   deps.auth = server->auth_.get();
   deps.metrics = server->metrics_.get();
   deps.max_message_bytes = o.max_message_bytes;
+  deps.device = device;
+  deps.enable_echo = o.enable_echo;
   server->service_ = std::make_unique<RopeKvService>(deps);
 
   grpc::EnableDefaultHealthCheckService(true);

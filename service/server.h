@@ -58,6 +58,8 @@ struct ServerOptions {
   int cpu_threads = 0;
   // host:port of the Prometheus endpoint ("" = metrics kept but not served).
   std::string metrics_address;
+  // Serve the Echo diagnostics used by ropekv-bench as the RPC ceiling.
+  bool enable_echo = false;
 };
 
 class Server {
