@@ -23,6 +23,7 @@
 #include <memory>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "planner/plan.h"
 
@@ -122,6 +123,24 @@ class Backend {
   virtual absl::Status Attend(const planner::LayerPlan& plan,
                               const PagedLayerView& cache,
                               const AttentionParams& params) = 0;
+
+  // Attention of several (layer, cache) items, each as one Attend call:
+  // their plans, caches, lengths and parameters may differ. A backend that
+  // can serve items together (CUDA: one launch per group of items of the
+  // same shape) does; the default calls Attend on each. Returns the first
+  // failing item's status, prefixed with its index.
+  struct AttendItem {
+    const planner::LayerPlan* plan = nullptr;
+    PagedLayerView cache;
+    AttentionParams params;
+  };
+  virtual absl::Status AttendBatch(absl::Span<const AttendItem> items) {
+    for (size_t i = 0; i < items.size(); ++i) {
+      absl::Status s = Attend(*items[i].plan, items[i].cache, items[i].params);
+      if (!s.ok()) return absl::Status(s.code(), absl::StrCat("item ", i, ": ", s.message()));
+    }
+    return absl::OkStatus();
+  }
 
   // Attention over fp16 tokens (same GQA, causal and output conventions as
   // Attend; params.token_begin/token_end are ignored: the view is the

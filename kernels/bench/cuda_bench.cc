@@ -6,6 +6,7 @@
 //
 //   ropekv_cuda_bench --benchmark_format=json > cuda_bench.json
 #include <cmath>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -169,6 +170,55 @@ void AttendArgs(benchmark::internal::Benchmark* b) {
   }
 }
 
+// Args: sessions, tokens each (16/2 heads, K3V3): one AttendBatch launch
+// over separate caches, one query token each.
+void BM_AttendBatch(benchmark::State& state) {
+  if (Gpu() == nullptr) {
+    state.SkipWithError("no CUDA device");
+    return;
+  }
+  const int sessions = static_cast<int>(state.range(0));
+  const int64_t tokens = state.range(1);
+  const planner::ModelProfile p = Profile(16, 2, 3);
+  std::vector<std::unique_ptr<DeviceLayer>> layers;
+  std::vector<float> q(16 * 128, 0.1f), out(sessions * 16 * 128), lse(sessions * 16);
+  std::vector<Backend::AttendItem> items;
+  int64_t packed = 0;
+  for (int i = 0; i < sessions; ++i) {
+    layers.push_back(std::make_unique<DeviceLayer>());
+    if (!Fill(p.layers[0], tokens, layers.back().get())) {
+      state.SkipWithError("fill failed");
+      return;
+    }
+    packed += layers.back()->packed_bytes;
+    AttentionParams a;
+    a.queries = q.data();
+    a.num_q_heads = 16;
+    a.scale = 1.0f / std::sqrt(128.0f);
+    a.out = out.data() + i * 16 * 128;
+    a.lse = lse.data() + i * 16;
+    items.push_back({&p.layers[0], layers.back()->view, a});
+  }
+  double total_us = 0;
+  for (auto _ : state) {
+    absl::StatusOr<double> us = TimeAttendBatchKernels(*Gpu(), items, 50);
+    if (!us.ok()) {
+      state.SkipWithError(std::string(us.status().message()).c_str());
+      return;
+    }
+    state.SetIterationTime(*us / 1e6);
+    total_us += *us;
+  }
+  const double us = total_us / state.iterations();
+  state.counters["us"] = us;
+  state.counters["packed_bytes"] = static_cast<double>(packed);
+  state.counters["GBps"] = packed / us / 1e3;
+  state.counters["sessions"] = sessions;
+  state.counters["tokens"] = static_cast<double>(tokens);
+}
+
+BENCHMARK(BM_AttendBatch)->Args({1, 32768})->Args({8, 32768})->Args({8, 4096})->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)->Iterations(3);
 BENCHMARK(BM_Attend)->Apply(AttendArgs)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(3);
 BENCHMARK(BM_Encode)->Args({2, 3, 65536})->Args({8, 3, 65536})->UseManualTime()
     ->Unit(benchmark::kMicrosecond)->Iterations(3);

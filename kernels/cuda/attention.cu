@@ -18,9 +18,9 @@ constexpr int kRowChunk = 16;   // query rows per pass
 constexpr int kDimsPerThread = kMaxHeadDim / kThreads;
 constexpr int kMergeThreads = 1024;
 
-__global__ void RotateQueriesKernel(RotateQueryParams p) {
+__device__ __forceinline__ void RotateQueriesBlock(const RotateQueryParams& p, const int h, const int r) {
   __shared__ float x[kMaxHeadDim];
-  const int h = blockIdx.x, r = blockIdx.y, tid = threadIdx.x, d = p.head_dim;
+  const int tid = threadIdx.x, d = p.head_dim;
   const HeadPlanDevice& hp = p.heads[h];
   const int rows = p.group * p.q_len;
   const int g = r / p.q_len, i = r % p.q_len;
@@ -35,6 +35,11 @@ __global__ void RotateQueriesKernel(RotateQueryParams p) {
     for (int k = 0; k < dim; ++k) s = fmaf(row[k], x[off + k], s);
     p.rotated[(static_cast<long long>(h) * rows + r) * d + j] = s;
   }
+}
+
+__global__ void RotateQueriesKernel(RotateQueryParams p) { RotateQueriesBlock(p, blockIdx.x, blockIdx.y); }
+__global__ void RotateQueriesBatchKernel(const RotateQueryParams* items) {
+  RotateQueriesBlock(items[blockIdx.z], blockIdx.x, blockIdx.y);
 }
 
 // R: query rows per pass (4, 8 or 16) and DPT: value dimensions per thread
@@ -207,13 +212,13 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(AttendParams p) {
 // parallel into shared memory, then each thread sums its dimensions over
 // the splits and un-rotates; loops are unrolled so that independent loads
 // overlap instead of waiting one by one.
-__global__ void __launch_bounds__(kMergeThreads) MergeKernel(MergeParams p) {
+__device__ __forceinline__ void MergeBlock(const MergeParams& p, const int h, const int r) {
   __shared__ float o[kMaxHeadDim];
   __shared__ float w_s[kMaxSplits];
   __shared__ float partial[kMergeThreads];
   __shared__ float red[kMergeThreads / 32];
   __shared__ float max_lse, weight_sum;
-  const int h = blockIdx.x, r = blockIdx.y, tid = threadIdx.x, d = p.head_dim;
+  const int tid = threadIdx.x, d = p.head_dim;
   const HeadPlanDevice& hp = p.heads[h];
   const int rows = p.group * p.q_len;
   const float* lse_in = p.partial_lse + static_cast<long long>(h) * p.num_splits * rows + r;
@@ -287,6 +292,13 @@ __global__ void __launch_bounds__(kMergeThreads) MergeKernel(MergeParams p) {
   if (tid == 0) p.lse[out_row] = max_lse + logf(weight_sum);
 }
 
+__global__ void __launch_bounds__(kMergeThreads) MergeKernel(MergeParams p) {
+  MergeBlock(p, blockIdx.x, blockIdx.y);
+}
+__global__ void __launch_bounds__(kMergeThreads) MergeBatchKernel(const MergeParams* items) {
+  MergeBlock(items[blockIdx.z], blockIdx.x, blockIdx.y);
+}
+
 size_t AttendSharedBytes(const AttendParams& p, int max_record_bytes, int max_levels) {
   return ((kThreads * max_record_bytes + 15) / 16) * 16 +
          sizeof(float) * (kRowChunk * p.head_dim + kRowChunk * kThreads + max_levels + kThreads +
@@ -322,6 +334,20 @@ cudaError_t LaunchAttend(const AttendParams& p, cudaStream_t stream) {
   if (p.head_dim <= kThreads) return by_rows(std::integral_constant<int, 1>());
   if (p.head_dim <= 2 * kThreads) return by_rows(std::integral_constant<int, 2>());
   return by_rows(std::integral_constant<int, kDimsPerThread>());
+}
+
+cudaError_t LaunchRotateQueriesBatch(const RotateQueryParams* device_items, const AttendBatchShape& b,
+                                    cudaStream_t stream) {
+  const dim3 grid(b.num_kv_heads, b.rows, b.num_items);
+  RotateQueriesBatchKernel<<<grid, 128, 0, stream>>>(device_items);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchMergeBatch(const MergeParams* device_items, const AttendBatchShape& b, cudaStream_t stream) {
+  const dim3 grid(b.num_kv_heads, b.rows, b.num_items);
+  const int parts = std::max(1, std::min(4, kMergeThreads / b.head_dim));
+  MergeBatchKernel<<<grid, (parts * b.head_dim + 31) / 32 * 32, 0, stream>>>(device_items);
+  return cudaGetLastError();
 }
 
 cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream) {

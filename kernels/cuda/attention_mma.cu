@@ -138,13 +138,14 @@ __device__ __forceinline__ uint32_t KeyPairInfo(const HeadPlanDevice& hp, int sl
          (static_cast<uint32_t>(g) << 16) | (static_cast<uint32_t>(lut_base[g]) << 19);
 }
 
+// One block: one split of one KV head of one item.
 template <int D>
-__global__ void __launch_bounds__(kThreads, D <= 128 ? 3 : 1) AttendMmaKernel(AttendParams p) {
+__device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int split, const int h) {
   constexpr int kSteps = D / 16;      // MMA k-steps over the key slots
   constexpr int kPairs = D / 8;       // key pairs per lane per token
   constexpr int kDimTiles = D / 8;    // MMA n-tiles over value dimensions
   extern __shared__ __align__(16) uint32_t smem_words[];
-  const int split = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+  const int tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
   const HeadPlanDevice& hp = p.heads[h];
   const int rb = hp.record_bytes;
@@ -411,6 +412,20 @@ __global__ void __launch_bounds__(kThreads, D <= 128 ? 3 : 1) AttendMmaKernel(At
   }
 }
 
+template <int D>
+__global__ void __launch_bounds__(kThreads, D <= 128 ? 3 : 1) AttendMmaKernel(AttendParams p) {
+  AttendMmaBlock<D>(p, blockIdx.x, blockIdx.y);
+}
+
+// A batch of items of one shape (head_dim, KV heads, rows); blockIdx.z is
+// the item, and items with fewer splits than the grid leave the rest idle.
+template <int D>
+__global__ void __launch_bounds__(kThreads, D <= 128 ? 3 : 1) AttendMmaBatchKernel(const AttendParams* items) {
+  const AttendParams p = items[blockIdx.z];
+  if (static_cast<int>(blockIdx.x) >= p.num_splits) return;
+  AttendMmaBlock<D>(p, blockIdx.x, blockIdx.y);
+}
+
 }  // namespace
 
 int AttendMmaLutWords(int bits, bool key) { return key ? KeyLutWords(bits) : LutWords(bits); }
@@ -423,6 +438,27 @@ size_t AttendMmaSharedBytes(int head_dim, int max_record_bytes, int lut_words) {
   const size_t combine = sizeof(float) * (2 * kWarps * kRows + static_cast<size_t>(kWarps) * kRows * head_dim);
   return 4 * (static_cast<size_t>(lut_words + 3) / 4 * 4 + (head_dim / 16) * 32 * 8 + 4 * (head_dim / 8)) +
          std::max(tiles, combine);
+}
+
+cudaError_t LaunchAttendMmaBatch(const AttendParams* device_items, const AttendBatchShape& b,
+                                 cudaStream_t stream) {
+  const size_t smem = AttendMmaSharedBytes(b.head_dim, b.max_record_bytes, b.lut_words);
+  const dim3 grid(b.max_splits, b.num_kv_heads, b.num_items);
+  auto launch = [&](auto kernel) {
+    if (smem > 48 * 1024) {
+      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(smem));
+      if (err != cudaSuccess) return err;
+    }
+    kernel<<<grid, kThreads, smem, stream>>>(device_items);
+    return cudaGetLastError();
+  };
+  switch (b.head_dim) {
+    case 64: return launch(AttendMmaBatchKernel<64>);
+    case 128: return launch(AttendMmaBatchKernel<128>);
+    case 256: return launch(AttendMmaBatchKernel<256>);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 cudaError_t LaunchAttendMma(const AttendParams& p, cudaStream_t stream) {

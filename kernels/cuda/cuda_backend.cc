@@ -9,6 +9,8 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -45,6 +47,24 @@ struct DeviceBuffer {
   }
   template <typename T>
   T* as() const { return static_cast<T*>(ptr); }
+};
+
+// Page-locked host memory that only grows: staging for asynchronous copies.
+struct PinnedBuffer {
+  void* ptr = nullptr;
+  size_t size = 0;
+  cudaError_t Ensure(size_t bytes) {
+    if (bytes <= size) return cudaSuccess;
+    const size_t grown = std::max(bytes, size * 2);
+    if (ptr != nullptr) cudaFreeHost(ptr);
+    ptr = nullptr;
+    size = 0;
+    cudaError_t err = cudaMallocHost(&ptr, grown);
+    if (err == cudaSuccess) size = grown;
+    return err;
+  }
+  template <typename T>
+  T* as(size_t byte_offset = 0) const { return reinterpret_cast<T*>(static_cast<char*>(ptr) + byte_offset); }
 };
 
 // One layer's plans in device memory.
@@ -100,6 +120,12 @@ class CudaBackend final : public Backend {
     for (DeviceBuffer* b : {&in_k_, &in_v_, &out_k_, &out_v_, &page_table_, &rotated_,
                             &partial_out_, &partial_lse_, &out_, &lse_, &flag_}) {
       if (b->ptr != nullptr) cudaFree(b->ptr);
+    }
+    for (DeviceBuffer* b : {&batch_params_, &batch_pages_}) {
+      if (b->ptr != nullptr) cudaFree(b->ptr);
+    }
+    for (PinnedBuffer* b : {&pinned_in_, &pinned_out_}) {
+      if (b->ptr != nullptr) cudaFreeHost(b->ptr);
     }
     cudaStreamDestroy(stream_);
   }
@@ -192,6 +218,191 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  // The tensor-core kernel needs 16-token tiles that never straddle a page
+  // and 16-byte aligned pages; anything else takes the scalar kernel. Its
+  // cost per token hardly depends on the query rows (up to 16) while the
+  // scalar kernel's grows with them: measured on the H200, the scalar
+  // kernel is ahead only for 4 rows or fewer beyond ~64K tokens.
+  static bool MmaEligible(int head_dim, const PagedLayerView& cache, int64_t begin, int64_t end, int rows) {
+    return dev::AttendMmaSupports(head_dim) && cache.page_tokens % 16 == 0 && end < (int64_t{1} << 31) &&
+           (rows > 4 || end - begin <= 65536) &&
+           std::all_of(cache.pages, cache.pages + cache.num_pages, [](const uint8_t* page) {
+             return reinterpret_cast<uintptr_t>(page) % 16 == 0;
+           });
+  }
+
+  // Splits of one item's token range: a few blocks per SM in flight over
+  // the whole launch (`items` items of the same size), each block with
+  // enough tiles to amortise its set-up (decode tables, query fragments).
+  std::pair<int64_t, int64_t> Splits(int64_t tokens, int num_kv, bool mma, int items) const {
+    const int64_t tile = mma ? 64 : 128;  // tokens: a tile per warp at least
+    const int64_t tiles = std::max<int64_t>(1, (tokens + tile - 1) / tile);
+    const int64_t waves = mma ? 3 : 8;
+    const int64_t blocks = std::max<int64_t>(1, (waves * sm_count_ + int64_t{num_kv} * items - 1) / (int64_t{num_kv} * items));
+    int64_t splits = std::min<int64_t>({tiles, int64_t{dev::kMaxSplits}, blocks});
+    const int64_t per_split = ((tiles + splits - 1) / splits) * tile;
+    splits = std::max<int64_t>(1, (tokens + per_split - 1) / per_split);
+    return {splits, per_split};
+  }
+
+  absl::Status AttendBatch(absl::Span<const AttendItem> items) override {
+    std::map<std::tuple<int, int, int>, std::vector<size_t>> groups;  // (head_dim, KV heads, rows)
+    std::vector<size_t> singles;
+    std::vector<int64_t> ends(items.size());
+    auto indexed = [](size_t i, const absl::Status& s) {
+      return absl::Status(s.code(), absl::StrCat("item ", i, ": ", s.message()));
+    };
+    for (size_t i = 0; i < items.size(); ++i) {
+      const AttendItem& it = items[i];
+      if (it.plan == nullptr) return indexed(i, absl::InvalidArgumentError("plan: expected a layer plan"));
+      if (absl::Status s = CheckDeviceView(*it.plan, it.cache); !s.ok()) return indexed(i, s);
+      absl::StatusOr<int64_t> end = CheckAttention(*it.plan, it.cache, it.params);
+      if (!end.ok()) return indexed(i, end.status());
+      ends[i] = *end;
+      const int num_kv = static_cast<int>(it.plan->heads.size()), d = it.plan->heads[0].head_dim;
+      const int rows = it.params.num_q_heads / num_kv * it.params.q_len;
+      if (MmaEligible(d, it.cache, it.params.token_begin, *end, rows)) {
+        groups[{d, num_kv, rows}].push_back(i);
+      } else {
+        singles.push_back(i);
+      }
+    }
+    for (size_t i : singles) {
+      if (absl::Status s = Attend(*items[i].plan, items[i].cache, items[i].params); !s.ok()) return indexed(i, s);
+    }
+    for (const auto& [shape, idx] : groups) {
+      if (absl::Status s = AttendGroup(items, ends, idx); !s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  // One launch of each kernel for items of one shape: queries, page tables
+  // and parameters go up in three copies from pinned memory, outputs come
+  // back in one.
+  absl::Status AttendGroup(absl::Span<const AttendItem> items, const std::vector<int64_t>& ends,
+                           const std::vector<size_t>& idx) {
+    absl::MutexLock lock(&mu_);
+    if (!sticky_.ok()) return sticky_;
+    const size_t n = idx.size();
+    const AttendItem& first = items[idx[0]];
+    const int num_kv = static_cast<int>(first.plan->heads.size()), d = first.plan->heads[0].head_dim;
+    const int num_q = first.params.num_q_heads, q_len = first.params.q_len;
+    const int group = num_q / num_kv, rows = group * q_len;
+    const size_t q_floats = static_cast<size_t>(num_q) * q_len * d, lse_floats = static_cast<size_t>(num_q) * q_len;
+    std::vector<const DevicePlan*> plans(n);
+    std::vector<int64_t> splits(n), per_split(n), split_base(n), page_base(n);
+    int64_t total_splits = 0, total_pages = 0;
+    dev::AttendBatchShape shape{static_cast<int>(n), num_kv, d, rows, 0, 0, 0};
+    for (size_t k = 0; k < n; ++k) {
+      const AttendItem& it = items[idx[k]];
+      absl::StatusOr<const DevicePlan*> dp = Upload(*it.plan);
+      if (!dp.ok()) return dp.status();
+      plans[k] = *dp;
+      std::tie(splits[k], per_split[k]) = Splits(ends[idx[k]] - it.params.token_begin, num_kv, true, static_cast<int>(n));
+      split_base[k] = total_splits;
+      total_splits += splits[k];
+      page_base[k] = total_pages;
+      total_pages += it.cache.num_pages;
+      shape.max_splits = std::max(shape.max_splits, static_cast<int>(splits[k]));
+      shape.max_record_bytes = std::max(shape.max_record_bytes, (*dp)->max_record_bytes);
+      shape.lut_words = std::max(shape.lut_words, (*dp)->lut_words);
+    }
+    const size_t params_bytes = n * (sizeof(dev::RotateQueryParams) + sizeof(dev::AttendParams) + sizeof(dev::MergeParams));
+    const size_t pages_bytes = static_cast<size_t>(std::max<int64_t>(1, total_pages)) * sizeof(uint8_t*);
+    RETURN_IF_CUDA(in_k_.Ensure(n * q_floats * 4), "staging");
+    RETURN_IF_CUDA(rotated_.Ensure(n * q_floats * 4), "staging");
+    RETURN_IF_CUDA(partial_out_.Ensure(static_cast<size_t>(total_splits) * num_kv * rows * d * 4), "workspace");
+    RETURN_IF_CUDA(partial_lse_.Ensure(static_cast<size_t>(total_splits) * num_kv * rows * 4), "workspace");
+    RETURN_IF_CUDA(out_.Ensure(n * q_floats * 4), "staging");
+    RETURN_IF_CUDA(lse_.Ensure(n * lse_floats * 4), "staging");
+    RETURN_IF_CUDA(batch_pages_.Ensure(pages_bytes), "page tables");
+    RETURN_IF_CUDA(batch_params_.Ensure(params_bytes), "parameters");
+    const size_t in_q = n * q_floats * 4;
+    RETURN_IF_CUDA(pinned_in_.Ensure(in_q + pages_bytes + params_bytes), "pinned staging");
+    RETURN_IF_CUDA(pinned_out_.Ensure(n * (q_floats + lse_floats) * 4), "pinned staging");
+
+    auto* rq = pinned_in_.as<dev::RotateQueryParams>(in_q + pages_bytes);
+    auto* ap = reinterpret_cast<dev::AttendParams*>(rq + n);
+    auto* mp = reinterpret_cast<dev::MergeParams*>(ap + n);
+    auto* d_rq = batch_params_.as<dev::RotateQueryParams>();
+    auto* d_ap = reinterpret_cast<dev::AttendParams*>(d_rq + n);
+    auto* d_mp = reinterpret_cast<dev::MergeParams*>(d_ap + n);
+    uint8_t** host_pages = pinned_in_.as<uint8_t*>(in_q);
+    for (size_t k = 0; k < n; ++k) {
+      const AttendItem& it = items[idx[k]];
+      std::memcpy(pinned_in_.as<float>(k * q_floats * 4), it.params.queries, q_floats * 4);
+      std::copy(it.cache.pages, it.cache.pages + it.cache.num_pages, host_pages + page_base[k]);
+      float* q_dev = in_k_.as<float>() + k * q_floats;
+      float* rot_dev = rotated_.as<float>() + k * q_floats;
+      float* po = partial_out_.as<float>() + split_base[k] * num_kv * rows * d;
+      float* pl = partial_lse_.as<float>() + split_base[k] * num_kv * rows;
+      rq[k] = dev::RotateQueryParams{plans[k]->heads, num_kv, d, group, q_len, q_dev, rot_dev};
+      dev::AttendParams& a = ap[k];
+      a = {};
+      a.heads = plans[k]->heads;
+      a.num_kv_heads = num_kv;
+      a.head_dim = d;
+      a.rows = rows;
+      a.q_len = q_len;
+      a.rotated = rot_dev;
+      a.causal = it.params.causal ? 1 : 0;
+      a.causal_offset = it.params.causal_offset;
+      a.scale = it.params.scale;
+      a.token_begin = it.params.token_begin;
+      a.token_end = ends[idx[k]];
+      a.cache = dev::PagedLayerDevice{batch_pages_.as<uint8_t* const>() + page_base[k], it.cache.page_tokens};
+      a.num_splits = static_cast<int>(splits[k]);
+      a.tokens_per_split = per_split[k];
+      a.max_record_bytes = plans[k]->max_record_bytes;
+      a.max_levels = plans[k]->max_levels;
+      a.lut_words = plans[k]->lut_words;
+      a.partial_out = po;
+      a.partial_lse = pl;
+      mp[k] = dev::MergeParams{plans[k]->heads, num_kv, d, group, q_len, static_cast<int>(splits[k]), po, pl,
+                               out_.as<float>() + k * q_floats, lse_.as<float>() + k * lse_floats};
+    }
+    RETURN_IF_CUDA(cudaMemcpyAsync(in_k_.ptr, pinned_in_.ptr, in_q, cudaMemcpyHostToDevice, stream_), "copy queries");
+    if (total_pages > 0) {
+      RETURN_IF_CUDA(cudaMemcpyAsync(batch_pages_.ptr, host_pages, total_pages * sizeof(uint8_t*),
+                                     cudaMemcpyHostToDevice, stream_), "page tables");
+    }
+    RETURN_IF_CUDA(cudaMemcpyAsync(batch_params_.ptr, rq, params_bytes, cudaMemcpyHostToDevice, stream_), "parameters");
+    last_batch_ = {d_rq, d_ap, d_mp, shape};
+    RETURN_IF_CUDA(LaunchBatch(last_batch_), "attend launch");
+    RETURN_IF_CUDA(cudaMemcpyAsync(pinned_out_.ptr, out_.ptr, n * q_floats * 4, cudaMemcpyDeviceToHost, stream_), "copy out");
+    RETURN_IF_CUDA(cudaMemcpyAsync(pinned_out_.as<float>(n * q_floats * 4), lse_.ptr, n * lse_floats * 4,
+                                   cudaMemcpyDeviceToHost, stream_), "copy lse");
+    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "attend");
+    for (size_t k = 0; k < n; ++k) {
+      const AttendItem& it = items[idx[k]];
+      std::memcpy(it.params.out, pinned_out_.as<float>(k * q_floats * 4), q_floats * 4);
+      std::memcpy(it.params.lse, pinned_out_.as<float>((n * q_floats + k * lse_floats) * 4), lse_floats * 4);
+    }
+    return absl::OkStatus();
+  }
+
+  struct BatchLaunch {
+    const dev::RotateQueryParams* rotate = nullptr;
+    const dev::AttendParams* attend = nullptr;
+    const dev::MergeParams* merge = nullptr;
+    dev::AttendBatchShape shape{};
+  };
+  cudaError_t LaunchBatch(const BatchLaunch& b) {
+    cudaError_t e = dev::LaunchRotateQueriesBatch(b.rotate, b.shape, stream_);
+    if (e == cudaSuccess) e = dev::LaunchAttendMmaBatch(b.attend, b.shape, stream_);
+    if (e == cudaSuccess) e = dev::LaunchMergeBatch(b.merge, b.shape, stream_);
+    return e;
+  }
+
+  // Benchmark support: one real AttendBatch call, then its launches
+  // replayed between events.
+  absl::StatusOr<double> TimeAttendBatch(absl::Span<const AttendItem> items, int iterations) {
+    if (absl::Status s = AttendBatch(items); !s.ok()) return s;
+    absl::MutexLock lock(&mu_);
+    const BatchLaunch b = last_batch_;
+    return TimeLaunches(iterations, [&] { return LaunchBatch(b); });
+  }
+
   absl::Status Attend(const planner::LayerPlan& plan, const PagedLayerView& cache,
                       const AttentionParams& a) override {
     if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
@@ -207,26 +418,9 @@ class CudaBackend final : public Backend {
     const int group = a.num_q_heads / num_kv;
     const int rows = group * a.q_len;
     const size_t q_floats = static_cast<size_t>(a.num_q_heads) * a.q_len * d;
-    // The tensor-core kernel needs 16-token tiles that never straddle a
-    // page and 16-byte aligned pages; anything else takes the scalar kernel.
-    // Its cost per token hardly depends on the query rows (up to 16) while
-    // the scalar kernel's grows with them: measured on the H200, the scalar
-    // kernel is ahead only for 4 rows or fewer beyond ~64K tokens.
-    const bool mma = dev::AttendMmaSupports(d) && cache.page_tokens % 16 == 0 && end < (int64_t{1} << 31) &&
-                     (rows > 4 || end - a.token_begin <= 65536) &&
-                     std::all_of(cache.pages, cache.pages + cache.num_pages, [](const uint8_t* page) {
-                       return reinterpret_cast<uintptr_t>(page) % 16 == 0;
-                     });
-    // Split the range so that a few blocks per SM are in flight, each with
-    // enough tiles to amortise its set-up (decode tables, query fragments).
     const int64_t tokens = end - a.token_begin;
-    const int64_t tile = mma ? 64 : 128;  // tokens: a tile per warp at least
-    const int64_t tiles = std::max<int64_t>(1, (tokens + tile - 1) / tile);
-    const int64_t waves = mma ? 3 : 8;
-    int64_t splits = std::min<int64_t>({tiles, int64_t{dev::kMaxSplits},
-                                        std::max<int64_t>(1, (waves * sm_count_ + num_kv - 1) / num_kv)});
-    const int64_t per_split = ((tiles + splits - 1) / splits) * tile;
-    splits = std::max<int64_t>(1, (tokens + per_split - 1) / per_split);
+    const bool mma = MmaEligible(d, cache, a.token_begin, end, rows);
+    const auto [splits, per_split] = Splits(tokens, num_kv, mma, 1);
     RETURN_IF_CUDA(in_k_.Ensure(q_floats * 4), "staging");
     RETURN_IF_CUDA(rotated_.Ensure(q_floats * 4), "staging");
     RETURN_IF_CUDA(partial_out_.Ensure(static_cast<size_t>(num_kv) * splits * rows * d * 4), "workspace");
@@ -514,6 +708,9 @@ class CudaBackend final : public Backend {
   dev::RotateQueryParams last_rotate_ ABSL_GUARDED_BY(mu_) = {};
   dev::AttendParams last_attend_ ABSL_GUARDED_BY(mu_) = {};
   bool last_attend_mma_ ABSL_GUARDED_BY(mu_) = false;
+  BatchLaunch last_batch_ ABSL_GUARDED_BY(mu_);
+  DeviceBuffer batch_params_, batch_pages_;
+  PinnedBuffer pinned_in_, pinned_out_;
   dev::MergeParams last_merge_ ABSL_GUARDED_BY(mu_) = {};
 };
 
@@ -523,6 +720,11 @@ absl::StatusOr<AttendKernelTimes> TimeAttendKernels(Backend& backend, const plan
                                                     const PagedLayerView& cache,
                                                     const AttentionParams& params, int iterations) {
   return static_cast<CudaBackend&>(backend).TimeAttend(plan, cache, params, iterations);
+}
+
+absl::StatusOr<double> TimeAttendBatchKernels(Backend& backend, absl::Span<const Backend::AttendItem> items,
+                                              int iterations) {
+  return static_cast<CudaBackend&>(backend).TimeAttendBatch(items, iterations);
 }
 
 absl::StatusOr<double> TimeEncodeKernel(Backend& backend, const planner::LayerPlan& plan,

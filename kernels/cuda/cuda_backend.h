@@ -48,6 +48,10 @@ struct AttendKernelTimes {
 absl::StatusOr<AttendKernelTimes> TimeAttendKernels(Backend& backend, const planner::LayerPlan& plan,
                                                     const PagedLayerView& cache,
                                                     const AttentionParams& params, int iterations);
+// The launches of one AttendBatch call (rotation, attention and merge, one
+// each per group of same-shape items), replayed `iterations` times.
+absl::StatusOr<double> TimeAttendBatchKernels(Backend& backend, absl::Span<const Backend::AttendItem> items,
+                                              int iterations);
 absl::StatusOr<double> TimeEncodeKernel(Backend& backend, const planner::LayerPlan& plan,
                                         const PagedLayerView& cache, const float* keys,
                                         const float* values, int64_t num_tokens, int iterations);

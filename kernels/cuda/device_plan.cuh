@@ -120,6 +120,25 @@ cudaError_t LaunchEncode(const EncodeParams& p, cudaStream_t stream);
 cudaError_t LaunchDecode(const DecodeParams& p, cudaStream_t stream);
 cudaError_t LaunchRotateQueries(const RotateQueryParams& p, cudaStream_t stream);
 cudaError_t LaunchAttend(const AttendParams& p, cudaStream_t stream);
+// One launch for a batch of items of the same shape (head_dim, KV heads,
+// rows = group x q_len): each item is its own (session, layer) with its own
+// plan, pages, range and buffers; the parameter arrays live in device
+// memory; grids get a z dimension of num_items.
+struct AttendBatchShape {
+  int num_items;
+  int num_kv_heads;
+  int head_dim;
+  int rows;
+  int max_splits;        // over the items
+  int max_record_bytes;  // over the items' plans
+  int lut_words;         // over the items' plans
+};
+cudaError_t LaunchRotateQueriesBatch(const RotateQueryParams* device_items, const AttendBatchShape& shape,
+                                    cudaStream_t stream);
+cudaError_t LaunchAttendMmaBatch(const AttendParams* device_items, const AttendBatchShape& shape,
+                                 cudaStream_t stream);
+cudaError_t LaunchMergeBatch(const MergeParams* device_items, const AttendBatchShape& shape, cudaStream_t stream);
+
 // Tensor-core attention (attention_mma.cu): the same outputs as
 // LaunchAttend for head_dim 64, 128 or 256 when every page is 16-byte
 // aligned and page_tokens is a multiple of 16 (tiles of 16 tokens are

@@ -294,6 +294,82 @@ INSTANTIATE_TEST_SUITE_P(
                           "_K", static_cast<int>(c.kbits * 10), "V", c.vbits, "_T", c.tokens);
     });
 
+// One AttendBatch call over ragged items: different caches, plans (two
+// profiles of the same shape), lengths, ranges and causal offsets, plus
+// items that take other paths (pages of 37 tokens: scalar kernel; another
+// row count: its own launch). Each result must equal the CPU on the same
+// records; outputs start as NaN so that an unwritten element shows.
+TEST_F(CudaBackendTest, RaggedBatchEqualsCpuPerItem) {
+  struct Case {
+    int profile, page_tokens, group, q_len;
+    int64_t tokens, begin, end;
+    bool causal;
+  };
+  const std::vector<Case> cases = {{0, 64, 8, 1, 5000, 0, -1, false},  {1, 64, 8, 1, 1234, 0, -1, false},
+                                   {0, 128, 8, 1, 37, 0, -1, false},   {1, 64, 8, 1, 20000, 300, 17000, false},
+                                   {0, 37, 8, 1, 3000, 0, -1, false},  {0, 64, 8, 2, 2000, 0, -1, true},
+                                   {1, 16, 8, 1, 1, 0, -1, false}};
+  const planner::ModelProfile profiles[2] = {MakeProfile(128, 2, 8, 3.0, 3, 11), MakeProfile(128, 2, 8, 2.5, 4, 12)};
+  std::vector<std::unique_ptr<testing::HostPagedLayer>> hosts;
+  std::vector<std::unique_ptr<DevicePages>> devs;
+  std::vector<std::vector<float>> queries, out_g, lse_g, out_c, lse_c;
+  std::vector<Backend::AttendItem> items;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const planner::LayerPlan& plan = profiles[c.profile].layers[0];
+    hosts.push_back(std::make_unique<testing::HostPagedLayer>(plan, c.page_tokens, c.tokens));
+    std::vector<float> k = testing::RandomNormal(2 * c.tokens * 128, 20 + i, 1.5f);
+    std::vector<float> v = testing::RandomNormal(2 * c.tokens * 128, 40 + i);
+    ASSERT_TRUE(cpu_->EncodeLayer(plan, hosts.back()->view(0), 0, k.data(), v.data(), c.tokens).ok());
+    devs.push_back(std::make_unique<DevicePages>(*gpu_, plan, c.page_tokens, c.tokens));
+    devs.back()->CopyFrom(*hosts.back());
+    const int nq = 2 * c.group;
+    queries.push_back(testing::RandomNormal(nq * c.q_len * 128, 60 + i, 2.0f));
+    out_g.emplace_back(nq * c.q_len * 128, NAN);
+    lse_g.emplace_back(nq * c.q_len, NAN);
+    out_c.emplace_back(nq * c.q_len * 128, NAN);
+    lse_c.emplace_back(nq * c.q_len, NAN);
+  }
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    AttentionParams a;
+    a.queries = queries[i].data();
+    a.num_q_heads = 2 * c.group;
+    a.q_len = c.q_len;
+    a.causal = c.causal;
+    a.causal_offset = c.tokens - c.q_len;
+    a.scale = 1.0f / std::sqrt(128.0f);
+    a.token_begin = c.begin;
+    a.token_end = c.end;
+    a.out = out_c[i].data();
+    a.lse = lse_c[i].data();
+    const planner::LayerPlan* plan = &profiles[c.profile].layers[0];
+    ASSERT_TRUE(cpu_->Attend(*plan, hosts[i]->view(c.tokens), a).ok());
+    a.out = out_g[i].data();
+    a.lse = lse_g[i].data();
+    items.push_back({plan, devs[i]->view(c.tokens), a});
+  }
+  absl::Status s = gpu_->AttendBatch(items);
+  ASSERT_TRUE(s.ok()) << s;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    for (float x : out_g[i]) ASSERT_FALSE(std::isnan(x)) << "item " << i;
+    const double rel = testing::RelativeError(out_g[i], out_c[i]);
+    double worst_lse = 0;
+    for (size_t j = 0; j < lse_c[i].size(); ++j) {
+      worst_lse = std::max(worst_lse, std::abs(static_cast<double>(lse_g[i][j]) - lse_c[i][j]));
+    }
+    EXPECT_LT(rel, 2e-3) << "item " << i;
+    EXPECT_LT(worst_lse, 1e-3) << "item " << i;
+    std::printf("[ figures  ] batch item %zu (%lld tokens): output rel diff %.2e, lse max abs diff %.2e\n", i,
+                static_cast<long long>(cases[i].tokens), rel, worst_lse);
+  }
+  // A bad item fails the call with its index.
+  items[3].params.token_end = cases[3].tokens + 1;
+  s = gpu_->AttendBatch(items);
+  EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange) << s;
+  EXPECT_NE(s.message().find("item 3"), std::string::npos) << s;
+}
+
 TEST_F(CudaBackendTest, BadInputAndNormOverflow) {
   planner::ModelProfile p = MakeProfile(64, 2, 2, 3.0, 3, 1);
   DevicePages dev(*gpu_, p.layers[0], 16, 32);
