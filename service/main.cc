@@ -28,6 +28,9 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key");
 ABSL_FLAG(bool, allow_insecure_remote, false, "Allow plaintext on a non-loopback address");
 ABSL_FLAG(int, cpu_threads, 0, "CPU backend threads (0 = all cores)");
 ABSL_FLAG(int, metrics_port, 0, "Prometheus /metrics port on the --address host (0 = off)");
+ABSL_FLAG(absl::Duration, attend_batch_window, absl::ZeroDuration(),
+          "Attend calls arriving within this window are computed together (0 = off), e.g. 100us");
+ABSL_FLAG(int, attend_batch_max_items, 64, "Most items one merged attention batch carries");
 ABSL_FLAG(bool, enable_echo, false, "Serve the Echo diagnostics (ropekv-bench's RPC ceiling)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10), "Time in-flight calls get at shutdown");
@@ -64,6 +67,8 @@ int main(int argc, char** argv) {
   o.allow_insecure_remote = absl::GetFlag(FLAGS_allow_insecure_remote);
   o.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   o.enable_echo = absl::GetFlag(FLAGS_enable_echo);
+  o.attend_batch_window = absl::GetFlag(FLAGS_attend_batch_window);
+  o.attend_batch_max_items = absl::GetFlag(FLAGS_attend_batch_max_items);
   if (const int port = absl::GetFlag(FLAGS_metrics_port); port > 0) {
     const std::string& a = o.address;
     const size_t colon = a.rfind(':');

@@ -478,47 +478,86 @@ absl::Status RopeKvService::DoAttend(const std::string& tenant, const pb::Attend
   if (req.items_size() == 0) {
     return absl::InvalidArgumentError("items: expected at least one item");
   }
+  // Every item is checked and converted before any is computed.
+  struct Work {
+    std::shared_ptr<Session> session;
+    int layer = 0;
+    int64_t q_len = 0;
+    std::vector<float> q, out, lse;
+    kernels::AttentionParams params;
+    Session::LayerSnapshot snapshot;  // packed-only sessions: what the batch reads
+  };
+  std::vector<Work> work(req.items_size());
   for (int i = 0; i < req.items_size(); ++i) {
     const pb::AttendItem& item = req.items(i);
+    Work& w = work[i];
     const std::string where = absl::StrCat("items[", i, "].");
     if (absl::Status s = ValidateId(item.session_id(), where + "session_id"); !s.ok()) return s;
     absl::StatusOr<std::shared_ptr<Session>> session =
         deps_.sessions->Find(tenant, item.session_id());
     if (!session.ok()) return WithField(session.status(), where);
-    const planner::ModelGeometry& g = (*session)->profile().geometry;
+    w.session = *session;
+    const planner::ModelGeometry& g = w.session->profile().geometry;
     if (item.layer() >= static_cast<uint32_t>(g.num_layers)) {
       return absl::OutOfRangeError(absl::StrCat(where, "layer: expected [0, ", g.num_layers,
                                                 "), got ", item.layer()));
     }
+    w.layer = static_cast<int>(item.layer());
     absl::StatusOr<std::vector<float>> q =
         proto::TensorToFloats(item.queries(), {g.num_q_heads, -1, g.head_dim}, where + "queries");
     if (!q.ok()) return q.status();
-    const int64_t q_len = item.queries().shape(1);
-    if (q_len < 1 || q_len > 65536) {
+    w.q = *std::move(q);
+    w.q_len = item.queries().shape(1);
+    if (w.q_len < 1 || w.q_len > 65536) {
       return absl::InvalidArgumentError(
-          absl::StrCat(where, "queries.shape[1]: expected q_len in [1, 65536], got ", q_len));
+          absl::StrCat(where, "queries.shape[1]: expected q_len in [1, 65536], got ", w.q_len));
     }
     if (!std::isfinite(item.scale())) {
       return absl::InvalidArgumentError(absl::StrCat(where, "scale: expected a finite value"));
     }
-    std::vector<float> out(q->size()), lse(static_cast<size_t>(g.num_q_heads) * q_len);
-    kernels::AttentionParams p;
-    p.queries = q->data();
+    w.out.resize(w.q.size());
+    w.lse.resize(static_cast<size_t>(g.num_q_heads) * w.q_len);
+    kernels::AttentionParams& p = w.params;
+    p.queries = w.q.data();
     p.num_q_heads = g.num_q_heads;
-    p.q_len = static_cast<int>(q_len);
+    p.q_len = static_cast<int>(w.q_len);
     p.causal = item.has_causal_offset();
     p.causal_offset = item.causal_offset();
     p.scale = item.scale() != 0 ? item.scale() : 1.0f / std::sqrt(static_cast<float>(g.head_dim));
-    p.out = out.data();
-    p.lse = lse.data();
-    absl::Status s = (*session)->Attend(*deps_.backend, static_cast<int>(item.layer()), p);
-    if (!s.ok()) return WithField(s, where);
-    (*session)->Touch();
+    p.out = w.out.data();
+    p.lse = w.lse.data();
+  }
+  // Sessions without fp16 sinks or window attend from the packed cache
+  // alone: those items go to the backend together (and, through the
+  // batcher, together with concurrent calls' items). Committed records
+  // never change, so a snapshot of the page table is safe to read while
+  // the session (held here) lives.
+  std::vector<kernels::Backend::AttendItem> batch;
+  std::vector<int> batch_index;
+  for (int i = 0; i < req.items_size(); ++i) {
+    Work& w = work[i];
+    if (w.session->PackedOnly()) {
+      w.snapshot = w.session->Snapshot(w.layer);
+      batch.push_back({&w.session->profile().layers[w.layer], w.snapshot.view(), w.params});
+      batch_index.push_back(i);
+      continue;
+    }
+    absl::Status s = w.session->Attend(*deps_.backend, w.layer, w.params);
+    if (!s.ok()) return WithField(s, absl::StrCat("items[", i, "]."));
+  }
+  if (!batch.empty()) {
+    absl::Status s = deps_.batcher != nullptr ? deps_.batcher->Run(batch) : deps_.backend->AttendBatch(batch);
+    if (!s.ok()) return s;
+  }
+  for (int i = 0; i < req.items_size(); ++i) {
+    Work& w = work[i];
+    w.session->Touch();
+    const planner::ModelGeometry& g = w.session->profile().geometry;
     pb::AttendResult* r = resp->add_results();
-    const int64_t out_shape[] = {g.num_q_heads, q_len, g.head_dim};
-    const int64_t lse_shape[] = {g.num_q_heads, q_len};
-    proto::FloatsToTensor(out, out_shape, out_dtype, r->mutable_output());
-    proto::FloatsToTensor(lse, lse_shape, pb::DTYPE_FP32, r->mutable_lse());
+    const int64_t out_shape[] = {g.num_q_heads, w.q_len, g.head_dim};
+    const int64_t lse_shape[] = {g.num_q_heads, w.q_len};
+    proto::FloatsToTensor(w.out, out_shape, out_dtype, r->mutable_output());
+    proto::FloatsToTensor(w.lse, lse_shape, pb::DTYPE_FP32, r->mutable_lse());
   }
   return CheckResponseSize(*resp, deps_.max_message_bytes);
 }

@@ -13,11 +13,13 @@
 #define ROPEKV_SERVICE_ROPE_KV_SERVICE_H_
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/status.h"
 #include "grpcpp/grpcpp.h"
 #include "kernels/backend.h"
 #include "ropekv/v1/service.grpc.pb.h"
+#include "service/attend_batcher.h"
 #include "service/auth.h"
 #include "service/metrics.h"
 #include "service/page_pool.h"
@@ -43,6 +45,8 @@ struct ServiceDeps {
   std::string device;
   // Serve the Echo diagnostics (off: UNIMPLEMENTED).
   bool enable_echo = false;
+  // Merges concurrent calls' attention items (null: each call on its own).
+  AttendBatcher* batcher = nullptr;
 };
 
 class RopeKvService final : public ropekv::v1::RopeKv::CallbackService {

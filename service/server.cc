@@ -12,6 +12,7 @@
 #ifdef ROPEKV_WITH_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
+#include "service/attend_batcher.h"
 #include "service/auth.h"
 #include "service/log.h"
 #include "service/metrics.h"
@@ -52,6 +53,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   if (o.max_message_bytes < (1 << 20) || o.max_message_bytes > (int64_t{1} << 31) - 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_message_bytes: expected [1 MiB, 2 GiB), got ", o.max_message_bytes));
+  }
+  if (o.attend_batch_window < absl::ZeroDuration() || o.attend_batch_window > absl::Milliseconds(100)) {
+    return absl::InvalidArgumentError(absl::StrCat("attend_batch_window: expected [0, 100ms], got ",
+                                                   absl::FormatDuration(o.attend_batch_window)));
+  }
+  if (o.attend_batch_max_items < 1 || o.attend_batch_max_items > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("attend_batch_max_items: expected [1, 4096], got ", o.attend_batch_max_items));
   }
   if (o.backend != "auto" && o.backend != "cpu" && o.backend != "cuda") {
     return absl::InvalidArgumentError(
@@ -113,6 +122,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   deps.max_message_bytes = o.max_message_bytes;
   deps.device = device;
   deps.enable_echo = o.enable_echo;
+  server->batcher_ = std::make_unique<AttendBatcher>(server->backend_.get(), o.attend_batch_window,
+                                                     o.attend_batch_max_items);
+  deps.batcher = server->batcher_.get();
   server->service_ = std::make_unique<RopeKvService>(deps);
 
   grpc::EnableDefaultHealthCheckService(true);

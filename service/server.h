@@ -32,6 +32,7 @@ class SessionStore;
 class Authenticator;
 class RopeKvService;
 class Metrics;
+class AttendBatcher;
 
 struct ServerOptions {
   // host:port; port 0 picks a free one (see Server::port()).
@@ -60,6 +61,10 @@ struct ServerOptions {
   std::string metrics_address;
   // Serve the Echo diagnostics used by ropekv-bench as the RPC ceiling.
   bool enable_echo = false;
+  // Attend items of calls arriving within this window of each other are
+  // computed together (one launch per shape on CUDA); 0 = each call alone.
+  absl::Duration attend_batch_window = absl::ZeroDuration();
+  int attend_batch_max_items = 64;
 };
 
 class Server {
@@ -75,6 +80,7 @@ class Server {
   SessionStore& sessions() { return *sessions_; }
   PagePool& pool() { return *pool_; }
   Metrics& metrics() { return *metrics_; }
+  const AttendBatcher& attend_batcher() const { return *batcher_; }
 
   // Updates the store gauges (also done every second).
   void RefreshGauges();
@@ -95,6 +101,7 @@ class Server {
   std::unique_ptr<SessionStore> sessions_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<RopeKvService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

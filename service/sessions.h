@@ -90,6 +90,9 @@ class Session {
   absl::Status Attend(kernels::Backend& backend, int layer,
                       const kernels::AttentionParams& params) const;
 
+  // No fp16 sinks or window: attention reads the packed cache alone.
+  bool PackedOnly() const { return options_.sink_tokens == 0 && options_.window_tokens == 0; }
+
   SessionStats Stats() const;
   void Touch();
   absl::Time last_used() const;

@@ -19,6 +19,7 @@
 #include "kernels/backend.h"
 #include "planner/half.h"
 #include "planner/profile_io.h"
+#include "service/attend_batcher.h"
 #include "service/metrics.h"
 #include "service/page_pool.h"
 #include "service/server.h"
@@ -428,6 +429,65 @@ TEST_F(ServiceTest, BatchStreamAndPackedRead) {
     return true;
   }).ok());
   EXPECT_EQ(messages, 1 + kLayers);
+}
+
+// With a batching window, concurrent Attend calls are merged into shared
+// backend calls and every caller still gets exactly its own results (on
+// the CPU bit for bit the same as a call made alone).
+TEST_F(ServiceTest, ConcurrentAttendsAreBatchedAndKeepTheirResults) {
+  service::ServerOptions o;
+  o.attend_batch_window = absl::Milliseconds(5);
+  o.attend_batch_max_items = 16;
+  StartServer(o);
+  ASSERT_TRUE(client_->CreateProfile(ScoresSpec("p")).ok());
+  constexpr int kSessions = 4, kThreads = 8, kCalls = 12;
+  for (int s = 0; s < kSessions; ++s) {
+    MakeSession(*client_, absl::StrCat("s", s), "p");
+    const int64_t tokens = 40 + 25 * s;
+    ASSERT_TRUE(AppendAll(*client_, absl::StrCat("s", s), RandomKv(tokens, 300 + s), 0, tokens).ok());
+  }
+  // Expected results, each from a call made alone.
+  std::vector<std::vector<float>> queries, expected;
+  for (int t = 0; t < kThreads; ++t) {
+    queries.push_back(testing::RandomNormal(kQHeads * kHeadDim, 900 + t));
+    absl::StatusOr<pb::AttendResponse> r = client_->Attend(OneItem(absl::StrCat("s", t % kSessions), t % kLayers,
+                                                                   queries[t], 1));
+    ASSERT_TRUE(r.ok()) << r.status();
+    expected.push_back(*client::TensorValues(r->results(0).output()));
+  }
+  const service::AttendBatcher::Stats before = server_->attend_batcher().stats();
+  std::atomic<int> mismatches{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::unique_ptr<Client> c = Connect();
+      for (int i = 0; i < kCalls; ++i) {
+        absl::StatusOr<pb::AttendResponse> r =
+            c->Attend(OneItem(absl::StrCat("s", t % kSessions), t % kLayers, queries[t], 1));
+        if (!r.ok()) {
+          ++failures;
+          continue;
+        }
+        const std::vector<float> out = *client::TensorValues(r->results(0).output());
+        const bool same = testing::TestOnCpu() ? out == expected[t]
+                                               : testing::RelativeError(out, std::vector<double>(expected[t].begin(), expected[t].end())) < 1e-4;
+        if (!same) ++mismatches;
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(mismatches.load(), 0);
+  const service::AttendBatcher::Stats after = server_->attend_batcher().stats();
+  EXPECT_EQ(after.calls - before.calls, kThreads * kCalls);
+  EXPECT_EQ(after.items - before.items, kThreads * kCalls);
+  EXPECT_LT(after.batches - before.batches, kThreads * kCalls);  // some calls shared a batch
+  std::printf("[ figures  ] %lld calls in %lld merged batches\n",
+              static_cast<long long>(after.calls - before.calls),
+              static_cast<long long>(after.batches - before.batches));
+  // A bad item in one call fails that call only.
+  absl::StatusOr<pb::AttendResponse> bad = client_->Attend(OneItem("s0", kLayers + 3, queries[0], 1));
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kOutOfRange);
 }
 
 TEST_F(ServiceTest, SixteenClientsConcurrently) {
