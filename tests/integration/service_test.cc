@@ -696,9 +696,9 @@ TEST_F(ServiceTest, SinkAndWindowTokensAreAttendedInFp16) {
   absl::StatusOr<pb::AttendResponse> before = client_->Attend(OneItem("w", 0, q, 1));
   std::vector<float> bad = testing::RandomNormal(kKvHeads * 8 * kHeadDim, 6);
   bad.back() = NAN;
+  const std::vector<float> bad_layer_values = testing::RandomNormal(kKvHeads * 8 * kHeadDim, 7);
   std::vector<client::LayerKv> layers = {
-      {0, len, kKvHeads, 8, kHeadDim, bad, bad}};
-  layers[0].values = testing::RandomNormal(kKvHeads * 8 * kHeadDim, 7);
+      {0, len, kKvHeads, 8, kHeadDim, bad, bad_layer_values}};
   std::vector<float> good = testing::RandomNormal(kKvHeads * 8 * kHeadDim, 8);
   layers.insert(layers.begin(), client::LayerKv{1, len, kKvHeads, 8, kHeadDim, good, good});
   EXPECT_EQ(client_->Append("w", layers).status().code(), absl::StatusCode::kInvalidArgument);
