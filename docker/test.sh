@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds and runs every test. The CUDA backend is
 # built when nvcc is found (its tests skip without a device); then the
-# CPU-only configuration is built and tested too, so it cannot rot; then the
-# container's install and library-collection steps run and the collected
-# server must start.
+# CPU-only configuration is built under AddressSanitizer and
+# UndefinedBehaviorSanitizer and every test runs again there (so that
+# configuration cannot rot either); then the container's install and
+# library-collection steps run and the collected server must start.
 #   usage: docker/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,10 +14,8 @@ jobs=$(nproc)
 docker/build.sh default
 ctest --preset default -j "$jobs"
 
-if grep -q '^ROPEKV_WITH_CUDA:INTERNAL=ON' build/default/CMakeCache.txt; then
-  docker/build.sh cpu
-  ctest --preset cpu -j "$jobs"
-fi
+docker/build.sh asan
+ctest --preset asan -j "$jobs"
 
 # The Dockerfile's steps (Docker itself cannot run here).
 stage=$(mktemp -d)
