@@ -15,6 +15,7 @@ packages=(
   prometheus-cpp-dev                        # /metrics endpoint
   libgtest-dev libgmock-dev                 # tests
   libbenchmark-dev                          # benchmark programs
+  clang libclang-rt-14-dev                  # libFuzzer targets (tests/fuzz)
 )
 
 missing=()

@@ -3,7 +3,8 @@
 # built when nvcc is found (its tests skip without a device); then the
 # CPU-only configuration is built under AddressSanitizer and
 # UndefinedBehaviorSanitizer and every test runs again there (so that
-# configuration cannot rot either); then the container's install and
+# configuration cannot rot either); then the libFuzzer targets run briefly;
+# then the container's install and
 # library-collection steps run and the collected server must start.
 #   usage: docker/test.sh
 set -euo pipefail
@@ -16,6 +17,9 @@ ctest --preset default -j "$jobs"
 
 docker/build.sh asan
 ctest --preset asan -j "$jobs"
+
+# Every decoder of untrusted input under libFuzzer, a few seconds each.
+docker/fuzz.sh 10
 
 # The Dockerfile's steps (Docker itself cannot run here).
 stage=$(mktemp -d)

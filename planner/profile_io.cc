@@ -279,8 +279,12 @@ absl::StatusOr<ModelProfile> LoadProfile(const std::string& path) {
   }
   std::stringstream buffer;
   buffer << in.rdbuf();
+  return ProfileFromFileBytes(buffer.str(), path);
+}
+
+absl::StatusOr<ModelProfile> ProfileFromFileBytes(const std::string& bytes, const std::string& path) {
   pb::ProfileFile file;
-  if (!file.ParseFromString(buffer.str()) || file.profile().empty()) {
+  if (!file.ParseFromString(bytes) || file.profile().empty()) {
     return absl::DataLossError(
         absl::StrCat(path, ": not a ropekv.v1.ProfileFile (truncated or corrupted)"));
   }

@@ -46,6 +46,8 @@ absl::Status SaveProfile(const ModelProfile& profile, const std::string& path);
 // corrupted (checksum mismatch) or not a profile; otherwise as
 // ProfileFromProto.
 absl::StatusOr<ModelProfile> LoadProfile(const std::string& path);
+// The same for a file's bytes; `name` prefixes the messages.
+absl::StatusOr<ModelProfile> ProfileFromFileBytes(const std::string& bytes, const std::string& name);
 
 }  // namespace ropekv::planner
 

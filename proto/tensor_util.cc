@@ -1,5 +1,6 @@
 #include "proto/tensor_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -45,11 +46,14 @@ absl::StatusOr<std::vector<float>> TensorToFloats(
     return absl::InvalidArgumentError(absl::StrCat(
         field, ".shape: expected ", expected_str(), ", got ", shape_str(t.shape())));
   }
-  // Element count without overflow: bounded by the payload size.
+  // Element count without overflow: a product that would exceed what the
+  // payload can hold stops at -1 (so n * elem below never overflows); a
+  // zero dimension makes the tensor empty whatever the others are.
   const int64_t max_elems = static_cast<int64_t>(t.data().size()) / elem;
-  int64_t n = 1;
+  int64_t n = std::find(t.shape().begin(), t.shape().end(), int64_t{0}) != t.shape().end() ? 0 : 1;
   for (int64_t d : t.shape()) {
-    if (d != 0 && n > max_elems / d + 1) {
+    if (n == 0) break;
+    if (n > max_elems / d) {
       n = -1;
       break;
     }
