@@ -12,14 +12,16 @@ cmake --preset fuzz > /dev/null
 cmake --build --preset fuzz -j "$(nproc)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+artifacts=$PWD/build/fuzz/artifacts  # reproducers of failures are kept here
+mkdir -p "$artifacts"
 for target in fuzz_safetensors fuzz_profile fuzz_request fuzz_packed_record; do
   mkdir -p "$work/$target"
   cp tests/fuzz/corpus/"$target"/* "$work/$target/"
   log="$work/$target.log"
   if ! (cd "$work" && "$OLDPWD/build/fuzz/tests/fuzz/$target" -max_total_time="$seconds" -rss_limit_mb=2048 \
-          -timeout=10 -print_final_stats=1 "$work/$target" > "$log" 2>&1); then
+          -timeout=10 -print_final_stats=1 -artifact_prefix="$artifacts/$target-" "$work/$target" > "$log" 2>&1); then
     tail -40 "$log"
-    echo "fuzz: $target FAILED (reproducer in the log above)" >&2
+    echo "fuzz: $target FAILED (reproducer under $artifacts)" >&2
     exit 1
   fi
   runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$')

@@ -215,11 +215,13 @@ absl::StatusOr<ModelProfile> ProfileFromProto(const pb::Profile& in) {
         kg.codebook = CodebookFromProto(k.codebook());
         h.key_groups.push_back(std::move(kg));
       }
-      // Derived, not trusted from the file: recomputed from the groups.
-      int code_bits = 0;
+      // Derived, not trusted from the file: recomputed from the groups (in
+      // 64 bits and capped: the groups are validated only afterwards, and a
+      // corrupt file may carry any dims and widths).
+      int64_t code_bits = 0;
       for (KeyGroupPlan& kg : h.key_groups) {
-        kg.code_bit_offset = code_bits;
-        code_bits += kg.dim * kg.bits;
+        kg.code_bit_offset = static_cast<int>(std::min<int64_t>(code_bits, INT32_MAX));
+        code_bits = std::min<int64_t>(code_bits + int64_t{kg.dim} * kg.bits, INT32_MAX);
       }
       h.value_bits = ToInt(hp.value_bits());
       h.value_rotation_seed = hp.value_rotation_seed();

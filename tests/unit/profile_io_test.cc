@@ -142,6 +142,17 @@ TEST(ProfileIoTest, InconsistentMessagesAreRejected) {
     EXPECT_EQ(ProfileFromProto(m).status().code(), absl::StatusCode::kInvalidArgument);
   }
   {
+    // Group dims and widths far out of range (found by fuzz_profile: the
+    // derived code offsets overflowed before validation rejected them).
+    ropekv::v1::Profile m = good;
+    for (int g = 0; g < 3; ++g) {
+      ropekv::v1::KeyGroup* k = m.mutable_layers(0)->mutable_heads(0)->add_key_groups();
+      k->set_dim(1u << 30);
+      k->set_bits(4);
+    }
+    EXPECT_EQ(ProfileFromProto(m).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  {
     ropekv::v1::Profile m = good;
     m.mutable_layers(0)->mutable_heads(0)->mutable_layout()->set_record_bytes(1);
     EXPECT_EQ(ProfileFromProto(m).status().code(), absl::StatusCode::kInvalidArgument);
