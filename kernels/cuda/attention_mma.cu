@@ -440,23 +440,31 @@ size_t AttendMmaSharedBytes(int head_dim, int max_record_bytes, int lut_words) {
          std::max(tiles, combine);
 }
 
+namespace {
+
+// Launches kernel<<<grid, kThreads, smem>>>(arg), opting in to more than
+// 48 KB of dynamic shared memory when needed (Hopper: up to 227 KB).
+template <typename Kernel, typename Arg>
+cudaError_t LaunchWithSharedMemory(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, Arg arg) {
+  if (smem > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<grid, kThreads, smem, stream>>>(arg);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
 cudaError_t LaunchAttendMmaBatch(const AttendParams* device_items, const AttendBatchShape& b,
                                  cudaStream_t stream) {
   const size_t smem = AttendMmaSharedBytes(b.head_dim, b.max_record_bytes, b.lut_words);
   const dim3 grid(b.max_splits, b.num_kv_heads, b.num_items);
-  auto launch = [&](auto kernel) {
-    if (smem > 48 * 1024) {
-      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   static_cast<int>(smem));
-      if (err != cudaSuccess) return err;
-    }
-    kernel<<<grid, kThreads, smem, stream>>>(device_items);
-    return cudaGetLastError();
-  };
   switch (b.head_dim) {
-    case 64: return launch(AttendMmaBatchKernel<64>);
-    case 128: return launch(AttendMmaBatchKernel<128>);
-    case 256: return launch(AttendMmaBatchKernel<256>);
+    case 64: return LaunchWithSharedMemory(AttendMmaBatchKernel<64>, grid, smem, stream, device_items);
+    case 128: return LaunchWithSharedMemory(AttendMmaBatchKernel<128>, grid, smem, stream, device_items);
+    case 256: return LaunchWithSharedMemory(AttendMmaBatchKernel<256>, grid, smem, stream, device_items);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -464,19 +472,10 @@ cudaError_t LaunchAttendMmaBatch(const AttendParams* device_items, const AttendB
 cudaError_t LaunchAttendMma(const AttendParams& p, cudaStream_t stream) {
   const size_t smem = AttendMmaSharedBytes(p.head_dim, p.max_record_bytes, p.lut_words);
   const dim3 grid(p.num_splits, p.num_kv_heads);
-  auto launch = [&](auto kernel) {
-    if (smem > 48 * 1024) {
-      const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   static_cast<int>(smem));
-      if (err != cudaSuccess) return err;
-    }
-    kernel<<<grid, kThreads, smem, stream>>>(p);
-    return cudaGetLastError();
-  };
   switch (p.head_dim) {
-    case 64: return launch(AttendMmaKernel<64>);
-    case 128: return launch(AttendMmaKernel<128>);
-    case 256: return launch(AttendMmaKernel<256>);
+    case 64: return LaunchWithSharedMemory(AttendMmaKernel<64>, grid, smem, stream, p);
+    case 128: return LaunchWithSharedMemory(AttendMmaKernel<128>, grid, smem, stream, p);
+    case 256: return LaunchWithSharedMemory(AttendMmaKernel<256>, grid, smem, stream, p);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -390,6 +390,18 @@ TEST_F(ErrorsTest, TenantsAreIsolatedAndTokensRequired) {
   Prepare(alpha);
   EXPECT_EQ(C().ListProfiles().status().code(), StatusCode::kUnauthenticated);
   EXPECT_EQ(C("wrong-token-000").GetSession("s").status().code(), StatusCode::kUnauthenticated);
+  // The diagnostics need a token too (and Echo is off unless enabled).
+  EXPECT_EQ(C().GetServerInfo().status().code(), StatusCode::kUnauthenticated);
+  EXPECT_EQ(C().Echo(10, 10).code(), StatusCode::kUnauthenticated);
+  EXPECT_EQ(C().EchoStream(10, 2).code(), StatusCode::kUnauthenticated);
+  EXPECT_EQ(alpha.Echo(10, 10).code(), StatusCode::kUnimplemented);
+  EXPECT_EQ(alpha.EchoStream(10, 2).code(), StatusCode::kUnimplemented);
+  absl::StatusOr<pb::ServerInfo> info = alpha.GetServerInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->backend(), server_->backend_name());
+  EXPECT_FALSE(info->device().empty());
+  EXPECT_EQ(info->total_pages(), server_->pool().total_pages());
+  EXPECT_FALSE(info->echo_enabled());
   // Beta sees none of alpha's resources, through any call.
   EXPECT_EQ(beta.GetProfile("p").status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(beta.ListProfiles()->empty());
