@@ -39,6 +39,16 @@ absl::StatusOr<std::vector<uint8_t*>> PagePool::Allocate(int64_t count,
                                                          const std::string& tenant) {
   absl::MutexLock lock(&mu_);
   if (count < 0) return absl::InvalidArgumentError("page count must be >= 0");
+  ++allocate_calls_;
+  if (inject_fail_ > 0) {
+    if (inject_skip_ > 0) {
+      --inject_skip_;
+    } else {
+      --inject_fail_;
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cache memory is full (injected failure): ", count, " pages needed"));
+    }
+  }
   if (count > static_cast<int64_t>(free_.size())) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "cache memory is full: ", count, " pages needed, ", free_.size(), " of ",
@@ -66,6 +76,17 @@ void PagePool::Free(absl::Span<uint8_t* const> pages, const std::string& tenant)
 void PagePool::set_tenant_quota(int64_t pages) {
   absl::MutexLock lock(&mu_);
   tenant_quota_ = pages;
+}
+
+void PagePool::InjectAllocationFailures(int64_t skip, int64_t fail) {
+  absl::MutexLock lock(&mu_);
+  inject_skip_ = skip;
+  inject_fail_ = fail;
+}
+
+int64_t PagePool::allocate_calls() const {
+  absl::MutexLock lock(&mu_);
+  return allocate_calls_;
 }
 
 int64_t PagePool::free_pages() const {

@@ -46,6 +46,13 @@ class PagePool {
   // Largest number of pages one tenant may hold (0 = no limit).
   void set_tenant_quota(int64_t pages);
 
+  // Fault injection (tests and drills): the next `skip` calls of Allocate
+  // behave normally, then `fail` calls fail with RESOURCE_EXHAUSTED as if
+  // the memory were full. (0, 0) turns it off.
+  void InjectAllocationFailures(int64_t skip, int64_t fail);
+  // Allocate calls so far (successful or not).
+  int64_t allocate_calls() const;
+
   int64_t page_bytes() const { return page_bytes_; }
   int64_t total_pages() const { return total_pages_; }
   int64_t free_pages() const;
@@ -63,6 +70,9 @@ class PagePool {
   std::vector<uint8_t*> free_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int64_t> tenant_pages_ ABSL_GUARDED_BY(mu_);
   int64_t tenant_quota_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t allocate_calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t inject_skip_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t inject_fail_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace ropekv::service
