@@ -39,6 +39,10 @@ struct ClientOptions {
   // TLS with these PEM root certificates (empty = the system roots).
   bool tls = false;
   std::string tls_root_certs;
+  // Client certificate chain and private key (PEM) for servers that require
+  // mutual TLS (empty = none).
+  std::string tls_cert_chain;
+  std::string tls_private_key;
   // Target size of each streamed upload message.
   int64_t chunk_bytes = 2 << 20;
   // Element type tensors are uploaded in (FP16 halves the bytes; FP32 is

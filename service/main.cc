@@ -25,6 +25,8 @@ ABSL_FLAG(int64_t, max_message_bytes, 64 << 20, "Largest request/response messag
 ABSL_FLAG(std::string, token_file, "", "Bearer tokens -> tenants ('<token> <tenant>' lines)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain (with --tls_key: TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA certificates of clients: mutual TLS, clients must present a certificate they signed");
 ABSL_FLAG(bool, allow_insecure_remote, false, "Allow plaintext on a non-loopback address");
 ABSL_FLAG(int, cpu_threads, 0, "CPU backend threads (0 = all cores)");
 ABSL_FLAG(int, metrics_port, 0, "Prometheus /metrics port on the --address host (0 = off)");
@@ -64,6 +66,7 @@ int main(int argc, char** argv) {
   o.token_file = absl::GetFlag(FLAGS_token_file);
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   o.allow_insecure_remote = absl::GetFlag(FLAGS_allow_insecure_remote);
   o.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   o.enable_echo = absl::GetFlag(FLAGS_enable_echo);

@@ -45,6 +45,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   if (tls && (o.tls_cert_file.empty() || o.tls_key_file.empty())) {
     return absl::InvalidArgumentError("tls_cert/tls_key: expected both or neither");
   }
+  if (!tls && !o.tls_client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "tls_client_ca: mutual TLS needs TLS: expected tls_cert and tls_key as well");
+  }
   if (!tls && !IsLoopback(o.address) && !o.allow_insecure_remote) {
     return absl::InvalidArgumentError(absl::StrCat(
         "address ", o.address, " is not loopback: serve it with TLS (--tls_cert, --tls_key) "
@@ -138,6 +142,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
     if (!key.ok()) return key.status();
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    if (!o.tls_client_ca_file.empty()) {
+      absl::StatusOr<std::string> ca = ReadFile(o.tls_client_ca_file);
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *ca;
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
     creds = grpc::SslServerCredentials(ssl);
   }
   builder.AddListeningPort(o.address, creds, &server->port_);
@@ -168,7 +178,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   Log(LogLevel::kInfo, "server_started",
       {{"address", o.address}, {"port", std::to_string(server->port_)},
        {"backend", server->backend_->name()}, {"device", device},
-       {"tls", tls ? "on" : "off"}, {"auth", server->auth_->enabled() ? "tokens" : "off"},
+       {"tls", tls ? (o.tls_client_ca_file.empty() ? "on" : "mutual") : "off"}, {"auth", server->auth_->enabled() ? "tokens" : "off"},
        {"memory_bytes", std::to_string(server->pool_->total_pages() * o.page_bytes)},
        {"page_bytes", std::to_string(o.page_bytes)},
        {"metrics", o.metrics_address.empty() ? "off" : o.metrics_address},

@@ -53,6 +53,9 @@ struct ServerOptions {
   // PEM files; both set = TLS.
   std::string tls_cert_file;
   std::string tls_key_file;
+  // PEM CA certificates of clients: set = mutual TLS, every client must
+  // present a certificate signed by one of them (requires TLS).
+  std::string tls_client_ca_file;
   // Serve plaintext on a non-loopback address (refused by default).
   bool allow_insecure_remote = false;
   // CPU backend worker threads (0 = all cores).

@@ -384,6 +384,46 @@ TEST_F(ErrorsTest, TlsServesTlsClientsOnly) {
   EXPECT_TRUE(service::Server::Start(remote).ok());
 }
 
+TEST_F(ErrorsTest, MutualTlsServesOnlyClientsWithACertificateTheCaSigned) {
+  const std::string dir = ROPEKV_TESTDATA_DIR;
+  auto read = [](const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  service::ServerOptions o;
+  o.tls_cert_file = dir + "/test-server.crt";
+  o.tls_key_file = dir + "/test-server.key";
+  o.tls_client_ca_file = dir + "/test-client-ca.crt";
+  Start(o);
+  client::ClientOptions co;
+  co.target = absl::StrCat("localhost:", server_->port());
+  co.tls = true;
+  co.tls_root_certs = read(o.tls_cert_file);
+  co.deadline = absl::Seconds(5);
+  auto connect = [&](const std::string& cert, const std::string& key) {
+    client::ClientOptions with = co;
+    if (!cert.empty()) {
+      with.tls_cert_chain = read(dir + "/" + cert);
+      with.tls_private_key = read(dir + "/" + key);
+    }
+    return *Client::Connect(with);
+  };
+  std::unique_ptr<Client> signed_client = connect("test-client.crt", "test-client.key");
+  absl::StatusOr<pb::ProfileInfo> created = signed_client->CreateProfile(Spec("p"));
+  EXPECT_TRUE(created.ok()) << created.status();
+  // No certificate, or one the CA did not sign: the handshake fails.
+  EXPECT_EQ(connect("", "")->ListProfiles().status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(connect("test-rogue-client.crt", "test-rogue-client.key")->ListProfiles().status().code(),
+            StatusCode::kUnavailable);
+  // Mutual TLS without TLS is a configuration error, named.
+  service::ServerOptions bad;
+  bad.address = "127.0.0.1:0";
+  bad.tls_client_ca_file = o.tls_client_ca_file;
+  absl::StatusOr<std::unique_ptr<service::Server>> refused = service::Server::Start(bad);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("tls_client_ca"), std::string::npos) << refused.status();
+}
+
 TEST_F(ErrorsTest, NonLoopbackWithoutTlsIsRefused) {
   service::ServerOptions o;
   o.address = "0.0.0.0:0";
