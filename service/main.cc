@@ -34,6 +34,10 @@ ABSL_FLAG(absl::Duration, attend_batch_window, absl::ZeroDuration(),
           "Attend calls arriving within this window are computed together (0 = off), e.g. 100us");
 ABSL_FLAG(int, attend_batch_max_items, 64, "Most items one merged attention batch carries");
 ABSL_FLAG(bool, enable_echo, false, "Serve the Echo diagnostics (ropekv-bench's RPC ceiling)");
+ABSL_FLAG(std::vector<std::string>, cluster_members, {},
+          "Names (host:port, as clients address them) of every server of the cluster, comma-separated; "
+          "sessions are created only on the member their id hashes to (empty: on its own)");
+ABSL_FLAG(std::string, cluster_self, "", "This server's name among --cluster_members");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10), "Time in-flight calls get at shutdown");
 
@@ -67,6 +71,8 @@ int main(int argc, char** argv) {
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  o.cluster_members = absl::GetFlag(FLAGS_cluster_members);
+  o.cluster_self = absl::GetFlag(FLAGS_cluster_self);
   o.allow_insecure_remote = absl::GetFlag(FLAGS_allow_insecure_remote);
   o.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   o.enable_echo = absl::GetFlag(FLAGS_enable_echo);

@@ -6,10 +6,13 @@
 #include <thread>
 #include <vector>
 
+#include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "planner/profile_io.h"
 #include "service/log.h"
+#include "proto/routing.h"
 #include "proto/tensor_util.h"
 
 namespace ropekv::service {
@@ -612,8 +615,26 @@ grpc::ServerUnaryReactor* RopeKvService::CreateSession(grpc::CallbackServerConte
                                                        const pb::CreateSessionRequest* req,
                                                        pb::SessionInfo* resp) {
   return Unary(this, "CreateSession", ctx, [&](const std::string& tenant) -> absl::Status {
-    if (!req->session_id().empty()) {
-      if (absl::Status s = ValidateId(req->session_id(), "session_id"); !s.ok()) return s;
+    std::string session_id = req->session_id();
+    if (!session_id.empty()) {
+      if (absl::Status s = ValidateId(session_id, "session_id"); !s.ok()) return s;
+    }
+    // In a cluster a session lives on the member its id hashes to; a
+    // generated id is drawn until it is this member's.
+    const std::vector<std::string>& members = deps_.cluster_members;
+    if (!members.empty() && session_id.empty()) {
+      absl::BitGen gen;
+      do {
+        session_id = absl::StrFormat("s-%016x", absl::Uniform<uint64_t>(gen));
+      } while (members[routing::Owner(members, session_id)] != deps_.cluster_self);
+    } else if (!members.empty()) {
+      const std::string& owner = members[routing::Owner(members, session_id)];
+      if (owner != deps_.cluster_self) {
+        ctx->AddTrailingMetadata(routing::kOwnerMetadataKey, owner);
+        return absl::FailedPreconditionError(absl::StrCat(
+            "session_id: '", session_id, "' belongs to cluster member ", owner, ", not to ",
+            deps_.cluster_self, " (route sessions by rendezvous hashing over the members)"));
+      }
     }
     if (absl::Status s = ValidateId(req->profile_id(), "profile_id"); !s.ok()) return s;
     if (static_cast<int64_t>(req->sink_tokens()) + req->window_tokens() > kMaxDenseTokens) {
@@ -630,7 +651,7 @@ grpc::ServerUnaryReactor* RopeKvService::CreateSession(grpc::CallbackServerConte
     options.sink_tokens = req->sink_tokens();
     options.window_tokens = req->window_tokens();
     absl::StatusOr<std::shared_ptr<Session>> session =
-        deps_.sessions->Create(tenant, req->session_id(), options, *profile);
+        deps_.sessions->Create(tenant, session_id, options, *profile);
     if (!session.ok()) return session.status();
     StatsToInfo((*session)->Stats(), **session, resp);
     Log(LogLevel::kInfo, "session_created",
@@ -711,6 +732,8 @@ grpc::ServerUnaryReactor* RopeKvService::GetServerInfo(grpc::CallbackServerConte
     resp->set_free_pages(deps_.pool->free_pages());
     resp->set_host_cpus(static_cast<int>(std::thread::hardware_concurrency()));
     resp->set_echo_enabled(deps_.enable_echo);
+    for (const std::string& m : deps_.cluster_members) resp->add_cluster_members(m);
+    resp->set_cluster_self(deps_.cluster_self);
     return absl::OkStatus();
   });
 }

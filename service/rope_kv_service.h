@@ -47,6 +47,9 @@ struct ServiceDeps {
   bool enable_echo = false;
   // Merges concurrent calls' attention items (null: each call on its own).
   AttendBatcher* batcher = nullptr;
+  // Cluster membership (ServerOptions): empty = owns every session.
+  std::vector<std::string> cluster_members;
+  std::string cluster_self;
 };
 
 class RopeKvService final : public ropekv::v1::RopeKv::CallbackService {

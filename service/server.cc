@@ -1,10 +1,12 @@
 #include "service/server.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -44,6 +46,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   const bool tls = !o.tls_cert_file.empty() || !o.tls_key_file.empty();
   if (tls && (o.tls_cert_file.empty() || o.tls_key_file.empty())) {
     return absl::InvalidArgumentError("tls_cert/tls_key: expected both or neither");
+  }
+  if (!o.cluster_members.empty() &&
+      std::find(o.cluster_members.begin(), o.cluster_members.end(), o.cluster_self) ==
+          o.cluster_members.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cluster_self: expected one of cluster_members (", absl::StrJoin(o.cluster_members, ","),
+        "), got '", o.cluster_self, "'"));
+  }
+  if (o.cluster_members.empty() != o.cluster_self.empty()) {
+    return absl::InvalidArgumentError("cluster_members/cluster_self: expected both or neither");
   }
   if (!tls && !o.tls_client_ca_file.empty()) {
     return absl::InvalidArgumentError(
@@ -126,6 +138,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   deps.max_message_bytes = o.max_message_bytes;
   deps.device = device;
   deps.enable_echo = o.enable_echo;
+  deps.cluster_members = o.cluster_members;
+  deps.cluster_self = o.cluster_self;
   server->batcher_ = std::make_unique<AttendBatcher>(server->backend_.get(), o.attend_batch_window,
                                                      o.attend_batch_max_items);
   deps.batcher = server->batcher_.get();

@@ -68,6 +68,12 @@ struct ServerOptions {
   // computed together (one launch per shape on CUDA); 0 = each call alone.
   absl::Duration attend_batch_window = absl::ZeroDuration();
   int attend_batch_max_items = 64;
+  // Several servers addressed as one (proto/routing.h): the names of all
+  // members as clients address them, and this server's own name among
+  // them. Sessions are created only on the member that owns their id;
+  // empty = a server on its own, owning every session.
+  std::vector<std::string> cluster_members;
+  std::string cluster_self;
 };
 
 class Server {

@@ -560,13 +560,20 @@ class CudaBackend final : public Backend {
 
  private:
   absl::Status CudaError(cudaError_t err, const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const absl::Status s = absl::UnavailableError(
-        absl::StrCat("CUDA error in ", what, ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")"));
+    const std::string message =
+        absl::StrCat("CUDA error in ", what, ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+    // Out of device or pinned memory: the caller may retry with less.
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(message);
+    }
+    const absl::Status s = absl::UnavailableError(message);
     // Errors that leave the context unusable are sticky.
     if (err == cudaErrorIllegalAddress || err == cudaErrorLaunchFailure ||
         err == cudaErrorHardwareStackError || err == cudaErrorIllegalInstruction ||
         err == cudaErrorMisalignedAddress || err == cudaErrorInvalidAddressSpace ||
-        err == cudaErrorInvalidPc || err == cudaErrorECCUncorrectable) {
+        err == cudaErrorInvalidPc || err == cudaErrorECCUncorrectable ||
+        err == cudaErrorAssert || err == cudaErrorLaunchTimeout) {
       sticky_ = s;
     } else {
       cudaGetLastError();  // clear a non-sticky error
