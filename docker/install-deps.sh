@@ -2,7 +2,9 @@
 # Installs, with apt, exactly the Debian packages ropekv needs that are
 # missing; does nothing when all are present. Used by the README's commands,
 # .ci/run and the Dockerfile. Safe to run again.
-#   usage: docker/install-deps.sh
+#   usage: docker/install-deps.sh [--for-tests]
+# --for-tests adds what only the tests need: Node.js and npm for the
+# Kubernetes manifest check (docker/k8s/validate.sh), when npm is missing.
 set -euo pipefail
 
 packages=(
@@ -17,6 +19,11 @@ packages=(
   libbenchmark-dev                          # benchmark programs
   clang libclang-rt-14-dev                  # libFuzzer targets (tests/fuzz)
 )
+
+# Checked by command, not package: Node.js may come from another repository.
+if [ "${1:-}" = "--for-tests" ] && ! command -v npm >/dev/null; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -4,12 +4,12 @@
 # CPU-only configuration is built under AddressSanitizer and
 # UndefinedBehaviorSanitizer and every test runs again there (so that
 # configuration cannot rot either); then the libFuzzer targets run briefly;
-# then the container's install and
+# then the Kubernetes manifests are validated; then the container's install and
 # library-collection steps run and the collected server must start.
 #   usage: docker/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-docker/install-deps.sh
+docker/install-deps.sh --for-tests
 jobs=$(nproc)
 
 docker/build.sh default
@@ -20,6 +20,9 @@ ctest --preset asan -j "$jobs"
 
 # Every decoder of untrusted input under libFuzzer, a few seconds each.
 docker/fuzz.sh 10
+
+# The Kubernetes manifests against the API's schemas.
+docker/k8s/validate.sh
 
 # The Dockerfile's steps (Docker itself cannot run here).
 stage=$(mktemp -d)

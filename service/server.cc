@@ -197,7 +197,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
        {"page_bytes", std::to_string(o.page_bytes)},
        {"metrics", o.metrics_address.empty() ? "off" : o.metrics_address},
        {"profiles_loaded", std::to_string(loaded)},
-       {"profiles_unavailable", std::to_string(failed)}});
+       {"profiles_unavailable", std::to_string(failed)},
+       {"cluster_self", o.cluster_self.empty() ? "none" : o.cluster_self},
+       {"cluster_members", std::to_string(o.cluster_members.size())}});
   return server;
 }
 
