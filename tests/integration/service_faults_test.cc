@@ -225,7 +225,9 @@ TEST_F(FaultsTest, ShutdownWithStreamsOpenAbortsAppendsAndReturnsPages) {
   EXPECT_LT(absl::Now() - t0, absl::Seconds(10));
   reader.join();
   // The read either failed or (all of it already sent) delivered it whole.
-  if (read_status.ok()) EXPECT_EQ(read_tokens, 600 * kLayers);
+  if (read_status.ok()) {
+    EXPECT_EQ(read_tokens, 600 * kLayers);
+  }
   EXPECT_FALSE(writer->Finish().ok());
   EXPECT_FALSE(attend->Finish().ok());
 
