@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 
@@ -275,6 +276,29 @@ TEST_F(ClusterTest, AKilledServerFailsOnlyItsOwnSessions) {
   }
   EXPECT_GT(failed, 0);
   EXPECT_GT(served, 0);
+}
+
+TEST(ClusterClientTest, MembersFromADnsNameAndBadOptions) {
+  client::ClusterOptions o;
+  o.dns_name = "localhost:50999";
+  absl::StatusOr<std::unique_ptr<ClusterClient>> c = ClusterClient::Connect(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::vector<std::string>& m = (*c)->members();
+  EXPECT_NE(std::find(m.begin(), m.end(), "127.0.0.1:50999"), m.end()) << absl::StrJoin(m, ",");
+  EXPECT_TRUE(std::is_sorted(m.begin(), m.end()));
+  o.dns_name = "localhost";  // no port
+  EXPECT_EQ(ClusterClient::Connect(o).status().code(), StatusCode::kInvalidArgument);
+  o.dns_name = "no-such-host.invalid:50051";
+  EXPECT_EQ(ClusterClient::Connect(o).status().code(), StatusCode::kUnavailable);
+  o.dns_name.clear();
+  EXPECT_EQ(ClusterClient::Connect(o).status().code(), StatusCode::kInvalidArgument);
+  o.members = {"a:1", "a:1"};
+  EXPECT_EQ(ClusterClient::Connect(o).status().code(), StatusCode::kInvalidArgument);
+  // Sessions need an id: the owner of an id-less one is unknown.
+  o.members = {"127.0.0.1:1"};
+  pb::CreateSessionRequest req;
+  req.set_profile_id("p");
+  EXPECT_EQ((*ClusterClient::Connect(o))->CreateSession(req).status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace
