@@ -29,6 +29,7 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA certificates of clients: mutual TLS, clients must present a certificate they signed");
 ABSL_FLAG(bool, allow_insecure_remote, false, "Allow plaintext on a non-loopback address");
 ABSL_FLAG(int, cpu_threads, 0, "CPU backend threads (0 = all cores)");
+ABSL_FLAG(int, cuda_streams, 8, "CUDA backend: calls in flight at once, each on its own stream (1..64)");
 ABSL_FLAG(int, metrics_port, 0, "Prometheus /metrics port on the --address host (0 = off)");
 ABSL_FLAG(absl::Duration, attend_batch_window, absl::ZeroDuration(),
           "Attend calls arriving within this window are computed together (0 = off), e.g. 100us");
@@ -72,6 +73,7 @@ int main(int argc, char** argv) {
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   o.cluster_members = absl::GetFlag(FLAGS_cluster_members);
+  o.cuda_streams = absl::GetFlag(FLAGS_cuda_streams);
   o.cluster_self = absl::GetFlag(FLAGS_cluster_self);
   o.allow_insecure_remote = absl::GetFlag(FLAGS_allow_insecure_remote);
   o.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);

@@ -85,7 +85,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   std::string device = "host CPU";
 #ifdef ROPEKV_WITH_CUDA
   if (o.backend == "cuda" || (o.backend == "auto" && kernels::CudaDeviceCount() > 0)) {
-    absl::StatusOr<std::unique_ptr<kernels::Backend>> cuda = kernels::CreateCudaBackend();
+    absl::StatusOr<std::unique_ptr<kernels::Backend>> cuda =
+        kernels::CreateCudaBackend({.device = 0, .streams = o.cuda_streams});
     if (!cuda.ok()) return cuda.status();
     server->backend_ = *std::move(cuda);
     device = absl::StrCat("CUDA device 0 (", kernels::CudaDeviceDescription(0), ")");

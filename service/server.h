@@ -60,6 +60,8 @@ struct ServerOptions {
   bool allow_insecure_remote = false;
   // CPU backend worker threads (0 = all cores).
   int cpu_threads = 0;
+  // CUDA backend: calls in flight at once, each on its own stream (1..64).
+  int cuda_streams = 8;
   // host:port of the Prometheus endpoint ("" = metrics kept but not served).
   std::string metrics_address;
   // Serve the Echo diagnostics used by ropekv-bench as the RPC ceiling.

@@ -105,11 +105,51 @@ uint64_t Fingerprint(const planner::LayerPlan& plan) {
   return h;
 }
 
+// The device pointers of one AttendBatch group's launches.
+struct BatchLaunch {
+  const dev::RotateQueryParams* rotate = nullptr;
+  const dev::AttendParams* attend = nullptr;
+  const dev::MergeParams* merge = nullptr;
+  dev::AttendBatchShape shape{};
+};
+
+// What one call in flight needs: its own stream and staging buffers. A call
+// holds a lane from start to end, so calls on different lanes overlap on
+// the device (copies of one with kernels of another) and never share a
+// buffer. Buffers only grow: no allocation once warm.
+struct Lane {
+  cudaStream_t stream = nullptr;
+  DeviceBuffer in_k, in_v, out_k, out_v, page_table, rotated, partial_out, partial_lse, out, lse, flag,
+      batch_params, batch_pages;
+  PinnedBuffer pinned_in, pinned_out;
+  // The last launches' parameters (pointing into this lane's buffers),
+  // replayed by the timing helpers on this lane.
+  dev::EncodeParams last_encode = {};
+  dev::RotateQueryParams last_rotate = {};
+  dev::AttendParams last_attend = {};
+  bool last_attend_mma = false;
+  BatchLaunch last_batch;
+  dev::MergeParams last_merge = {};
+
+  ~Lane() {
+    for (DeviceBuffer* b : {&in_k, &in_v, &out_k, &out_v, &page_table, &rotated, &partial_out, &partial_lse,
+                            &out, &lse, &flag, &batch_params, &batch_pages}) {
+      if (b->ptr != nullptr) cudaFree(b->ptr);
+    }
+    for (PinnedBuffer* b : {&pinned_in, &pinned_out}) {
+      if (b->ptr != nullptr) cudaFreeHost(b->ptr);
+    }
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+};
+
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, cudaStream_t stream, int sm_count)
-      : device_(device), stream_(stream), sm_count_(sm_count),
-        cpu_(CreateCpuBackend({.num_threads = 2})) {}
+  CudaBackend(int device, std::vector<std::unique_ptr<Lane>> lanes, int sm_count)
+      : device_(device), sm_count_(sm_count), cpu_(CreateCpuBackend({.num_threads = 2})),
+        lanes_(std::move(lanes)) {
+    for (const auto& l : lanes_) free_lanes_.push_back(l.get());
+  }
 
   ~CudaBackend() override {
     cudaSetDevice(device_);
@@ -117,28 +157,52 @@ class CudaBackend final : public Backend {
       cudaFree(plan.blob);
       cudaFree(plan.heads);
     }
-    for (DeviceBuffer* b : {&in_k_, &in_v_, &out_k_, &out_v_, &page_table_, &rotated_,
-                            &partial_out_, &partial_lse_, &out_, &lse_, &flag_}) {
-      if (b->ptr != nullptr) cudaFree(b->ptr);
-    }
-    for (DeviceBuffer* b : {&batch_params_, &batch_pages_}) {
-      if (b->ptr != nullptr) cudaFree(b->ptr);
-    }
-    for (PinnedBuffer* b : {&pinned_in_, &pinned_out_}) {
-      if (b->ptr != nullptr) cudaFreeHost(b->ptr);
-    }
-    cudaStreamDestroy(stream_);
+    lanes_.clear();
   }
 
   const char* name() const override { return "cuda"; }
   bool healthy() const override {
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&sticky_mu_);
     return sticky_.ok();
+  }
+
+  // A lane for the duration of one call (waits while all are busy), with
+  // this backend's device current on the calling thread.
+  class LaneLease {
+   public:
+    explicit LaneLease(CudaBackend* b) : b_(b) {
+      b_->pool_mu_.LockWhen(absl::Condition(
+          +[](std::vector<Lane*>* free) { return !free->empty(); }, &b_->free_lanes_));
+      lane_ = b_->free_lanes_.back();
+      b_->free_lanes_.pop_back();
+      b_->pool_mu_.Unlock();
+      cudaSetDevice(b_->device_);
+    }
+    ~LaneLease() {
+      absl::MutexLock lock(&b_->pool_mu_);
+      b_->free_lanes_.push_back(lane_);
+    }
+    Lane& operator*() const { return *lane_; }
+
+   private:
+    CudaBackend* b_;
+    Lane* lane_;
+  };
+
+  absl::Status Sticky() const {
+    absl::MutexLock lock(&sticky_mu_);
+    return sticky_;
   }
 
   absl::Status EncodeLayer(const planner::LayerPlan& plan, const PagedLayerView& cache,
                            int64_t first_token, const float* keys, const float* values,
                            int64_t num_tokens) override {
+    LaneLease lane(this);
+    return EncodeOn(*lane, plan, cache, first_token, keys, values, num_tokens);
+  }
+
+  absl::Status EncodeOn(Lane& ln, const planner::LayerPlan& plan, const PagedLayerView& cache,
+                        int64_t first_token, const float* keys, const float* values, int64_t num_tokens) {
     if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
     if (absl::Status s = CheckWriteRange(cache, first_token, num_tokens); !s.ok()) return s;
     if (num_tokens == 0) return absl::OkStatus();
@@ -154,33 +218,32 @@ class CudaBackend final : public Backend {
         }
       }
     }
-    absl::MutexLock lock(&mu_);
-    if (!sticky_.ok()) return sticky_;
+    if (absl::Status s = Sticky(); !s.ok()) return s;
     absl::StatusOr<const DevicePlan*> dp = Upload(plan);
     if (!dp.ok()) return dp.status();
-    RETURN_IF_CUDA(in_k_.Ensure(n * 4), "staging");
-    RETURN_IF_CUDA(in_v_.Ensure(n * 4), "staging");
-    RETURN_IF_CUDA(flag_.Ensure(4), "flag");
-    RETURN_IF_CUDA(cudaMemcpyAsync(in_k_.ptr, keys, n * 4, cudaMemcpyHostToDevice, stream_), "copy keys");
-    RETURN_IF_CUDA(cudaMemcpyAsync(in_v_.ptr, values, n * 4, cudaMemcpyHostToDevice, stream_), "copy values");
-    RETURN_IF_CUDA(cudaMemsetAsync(flag_.ptr, 0, 4, stream_), "flag");
+    RETURN_IF_CUDA(ln.in_k.Ensure(n * 4), "staging");
+    RETURN_IF_CUDA(ln.in_v.Ensure(n * 4), "staging");
+    RETURN_IF_CUDA(ln.flag.Ensure(4), "flag");
+    RETURN_IF_CUDA(cudaMemcpyAsync(ln.in_k.ptr, keys, n * 4, cudaMemcpyHostToDevice, ln.stream), "copy keys");
+    RETURN_IF_CUDA(cudaMemcpyAsync(ln.in_v.ptr, values, n * 4, cudaMemcpyHostToDevice, ln.stream), "copy values");
+    RETURN_IF_CUDA(cudaMemsetAsync(ln.flag.ptr, 0, 4, ln.stream), "flag");
     dev::EncodeParams p{};
     p.heads = (*dp)->heads;
     p.num_heads = (*dp)->num_heads;
     p.head_dim = d;
-    p.keys = in_k_.as<float>();
-    p.values = in_v_.as<float>();
+    p.keys = ln.in_k.as<float>();
+    p.values = ln.in_v.as<float>();
     p.num_tokens = num_tokens;
     p.first_token = first_token;
-    absl::StatusOr<dev::PagedLayerDevice> pages = UploadPages(cache);
+    absl::StatusOr<dev::PagedLayerDevice> pages = UploadPages(ln, cache);
     if (!pages.ok()) return pages.status();
     p.cache = *pages;
-    p.overflow = flag_.as<int>();
-    last_encode_ = p;
-    RETURN_IF_CUDA(dev::LaunchEncode(p, stream_), "encode launch");
+    p.overflow = ln.flag.as<int>();
+    ln.last_encode = p;
+    RETURN_IF_CUDA(dev::LaunchEncode(p, ln.stream), "encode launch");
     int overflow = 0;
-    RETURN_IF_CUDA(cudaMemcpyAsync(&overflow, flag_.ptr, 4, cudaMemcpyDeviceToHost, stream_), "flag");
-    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "encode");
+    RETURN_IF_CUDA(cudaMemcpyAsync(&overflow, ln.flag.ptr, 4, cudaMemcpyDeviceToHost, ln.stream), "flag");
+    RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "encode");
     if (overflow != 0) {
       return absl::InvalidArgumentError("a vector norm is beyond the fp16 range of stored norms");
     }
@@ -193,28 +256,29 @@ class CudaBackend final : public Backend {
     if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
     if (absl::Status s = CheckReadRange(cache, first_token, num_tokens); !s.ok()) return s;
     if (num_tokens == 0) return absl::OkStatus();
-    absl::MutexLock lock(&mu_);
-    if (!sticky_.ok()) return sticky_;
+    LaneLease lane(this);
+    Lane& ln = *lane;
+    if (absl::Status s = Sticky(); !s.ok()) return s;
     absl::StatusOr<const DevicePlan*> dp = Upload(plan);
     if (!dp.ok()) return dp.status();
     const size_t n = plan.heads.size() * static_cast<size_t>(num_tokens) * (*dp)->head_dim;
-    RETURN_IF_CUDA(out_k_.Ensure(n * 4), "staging");
-    RETURN_IF_CUDA(out_v_.Ensure(n * 4), "staging");
+    RETURN_IF_CUDA(ln.out_k.Ensure(n * 4), "staging");
+    RETURN_IF_CUDA(ln.out_v.Ensure(n * 4), "staging");
     dev::DecodeParams p{};
     p.heads = (*dp)->heads;
     p.num_heads = (*dp)->num_heads;
     p.head_dim = (*dp)->head_dim;
     p.first_token = first_token;
     p.num_tokens = num_tokens;
-    absl::StatusOr<dev::PagedLayerDevice> pages = UploadPages(cache);
+    absl::StatusOr<dev::PagedLayerDevice> pages = UploadPages(ln, cache);
     if (!pages.ok()) return pages.status();
     p.cache = *pages;
-    p.keys = keys != nullptr ? out_k_.as<float>() : nullptr;
-    p.values = values != nullptr ? out_v_.as<float>() : nullptr;
-    RETURN_IF_CUDA(dev::LaunchDecode(p, stream_), "decode launch");
-    if (keys != nullptr) RETURN_IF_CUDA(cudaMemcpyAsync(keys, out_k_.ptr, n * 4, cudaMemcpyDeviceToHost, stream_), "copy");
-    if (values != nullptr) RETURN_IF_CUDA(cudaMemcpyAsync(values, out_v_.ptr, n * 4, cudaMemcpyDeviceToHost, stream_), "copy");
-    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "decode");
+    p.keys = keys != nullptr ? ln.out_k.as<float>() : nullptr;
+    p.values = values != nullptr ? ln.out_v.as<float>() : nullptr;
+    RETURN_IF_CUDA(dev::LaunchDecode(p, ln.stream), "decode launch");
+    if (keys != nullptr) RETURN_IF_CUDA(cudaMemcpyAsync(keys, ln.out_k.ptr, n * 4, cudaMemcpyDeviceToHost, ln.stream), "copy");
+    if (values != nullptr) RETURN_IF_CUDA(cudaMemcpyAsync(values, ln.out_v.ptr, n * 4, cudaMemcpyDeviceToHost, ln.stream), "copy");
+    RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "decode");
     return absl::OkStatus();
   }
 
@@ -246,6 +310,11 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status AttendBatch(absl::Span<const AttendItem> items) override {
+    LaneLease lane(this);
+    return AttendBatchOn(*lane, items);
+  }
+
+  absl::Status AttendBatchOn(Lane& ln, absl::Span<const AttendItem> items) {
     std::map<std::tuple<int, int, int>, std::vector<size_t>> groups;  // (head_dim, KV heads, rows)
     std::vector<size_t> singles;
     std::vector<int64_t> ends(items.size());
@@ -268,10 +337,12 @@ class CudaBackend final : public Backend {
       }
     }
     for (size_t i : singles) {
-      if (absl::Status s = Attend(*items[i].plan, items[i].cache, items[i].params); !s.ok()) return indexed(i, s);
+      if (absl::Status s = AttendOn(ln, *items[i].plan, items[i].cache, items[i].params); !s.ok()) {
+        return indexed(i, s);
+      }
     }
     for (const auto& [shape, idx] : groups) {
-      if (absl::Status s = AttendGroup(items, ends, idx); !s.ok()) return s;
+      if (absl::Status s = AttendGroup(ln, items, ends, idx); !s.ok()) return s;
     }
     return absl::OkStatus();
   }
@@ -279,10 +350,9 @@ class CudaBackend final : public Backend {
   // One launch of each kernel for items of one shape: queries, page tables
   // and parameters go up in three copies from pinned memory, outputs come
   // back in one.
-  absl::Status AttendGroup(absl::Span<const AttendItem> items, const std::vector<int64_t>& ends,
+  absl::Status AttendGroup(Lane& ln, absl::Span<const AttendItem> items, const std::vector<int64_t>& ends,
                            const std::vector<size_t>& idx) {
-    absl::MutexLock lock(&mu_);
-    if (!sticky_.ok()) return sticky_;
+    if (absl::Status s = Sticky(); !s.ok()) return s;
     const size_t n = idx.size();
     const AttendItem& first = items[idx[0]];
     const int num_kv = static_cast<int>(first.plan->heads.size()), d = first.plan->heads[0].head_dim;
@@ -309,33 +379,33 @@ class CudaBackend final : public Backend {
     }
     const size_t params_bytes = n * (sizeof(dev::RotateQueryParams) + sizeof(dev::AttendParams) + sizeof(dev::MergeParams));
     const size_t pages_bytes = static_cast<size_t>(std::max<int64_t>(1, total_pages)) * sizeof(uint8_t*);
-    RETURN_IF_CUDA(in_k_.Ensure(n * q_floats * 4), "staging");
-    RETURN_IF_CUDA(rotated_.Ensure(n * q_floats * 4), "staging");
-    RETURN_IF_CUDA(partial_out_.Ensure(static_cast<size_t>(total_splits) * num_kv * rows * d * 4), "workspace");
-    RETURN_IF_CUDA(partial_lse_.Ensure(static_cast<size_t>(total_splits) * num_kv * rows * 4), "workspace");
-    RETURN_IF_CUDA(out_.Ensure(n * q_floats * 4), "staging");
-    RETURN_IF_CUDA(lse_.Ensure(n * lse_floats * 4), "staging");
-    RETURN_IF_CUDA(batch_pages_.Ensure(pages_bytes), "page tables");
-    RETURN_IF_CUDA(batch_params_.Ensure(params_bytes), "parameters");
+    RETURN_IF_CUDA(ln.in_k.Ensure(n * q_floats * 4), "staging");
+    RETURN_IF_CUDA(ln.rotated.Ensure(n * q_floats * 4), "staging");
+    RETURN_IF_CUDA(ln.partial_out.Ensure(static_cast<size_t>(total_splits) * num_kv * rows * d * 4), "workspace");
+    RETURN_IF_CUDA(ln.partial_lse.Ensure(static_cast<size_t>(total_splits) * num_kv * rows * 4), "workspace");
+    RETURN_IF_CUDA(ln.out.Ensure(n * q_floats * 4), "staging");
+    RETURN_IF_CUDA(ln.lse.Ensure(n * lse_floats * 4), "staging");
+    RETURN_IF_CUDA(ln.batch_pages.Ensure(pages_bytes), "page tables");
+    RETURN_IF_CUDA(ln.batch_params.Ensure(params_bytes), "parameters");
     const size_t in_q = n * q_floats * 4;
-    RETURN_IF_CUDA(pinned_in_.Ensure(in_q + pages_bytes + params_bytes), "pinned staging");
-    RETURN_IF_CUDA(pinned_out_.Ensure(n * (q_floats + lse_floats) * 4), "pinned staging");
+    RETURN_IF_CUDA(ln.pinned_in.Ensure(in_q + pages_bytes + params_bytes), "pinned staging");
+    RETURN_IF_CUDA(ln.pinned_out.Ensure(n * (q_floats + lse_floats) * 4), "pinned staging");
 
-    auto* rq = pinned_in_.as<dev::RotateQueryParams>(in_q + pages_bytes);
+    auto* rq = ln.pinned_in.as<dev::RotateQueryParams>(in_q + pages_bytes);
     auto* ap = reinterpret_cast<dev::AttendParams*>(rq + n);
     auto* mp = reinterpret_cast<dev::MergeParams*>(ap + n);
-    auto* d_rq = batch_params_.as<dev::RotateQueryParams>();
+    auto* d_rq = ln.batch_params.as<dev::RotateQueryParams>();
     auto* d_ap = reinterpret_cast<dev::AttendParams*>(d_rq + n);
     auto* d_mp = reinterpret_cast<dev::MergeParams*>(d_ap + n);
-    uint8_t** host_pages = pinned_in_.as<uint8_t*>(in_q);
+    uint8_t** host_pages = ln.pinned_in.as<uint8_t*>(in_q);
     for (size_t k = 0; k < n; ++k) {
       const AttendItem& it = items[idx[k]];
-      std::memcpy(pinned_in_.as<float>(k * q_floats * 4), it.params.queries, q_floats * 4);
+      std::memcpy(ln.pinned_in.as<float>(k * q_floats * 4), it.params.queries, q_floats * 4);
       std::copy(it.cache.pages, it.cache.pages + it.cache.num_pages, host_pages + page_base[k]);
-      float* q_dev = in_k_.as<float>() + k * q_floats;
-      float* rot_dev = rotated_.as<float>() + k * q_floats;
-      float* po = partial_out_.as<float>() + split_base[k] * num_kv * rows * d;
-      float* pl = partial_lse_.as<float>() + split_base[k] * num_kv * rows;
+      float* q_dev = ln.in_k.as<float>() + k * q_floats;
+      float* rot_dev = ln.rotated.as<float>() + k * q_floats;
+      float* po = ln.partial_out.as<float>() + split_base[k] * num_kv * rows * d;
+      float* pl = ln.partial_lse.as<float>() + split_base[k] * num_kv * rows;
       rq[k] = dev::RotateQueryParams{plans[k]->heads, num_kv, d, group, q_len, q_dev, rot_dev};
       dev::AttendParams& a = ap[k];
       a = {};
@@ -350,7 +420,7 @@ class CudaBackend final : public Backend {
       a.scale = it.params.scale;
       a.token_begin = it.params.token_begin;
       a.token_end = ends[idx[k]];
-      a.cache = dev::PagedLayerDevice{batch_pages_.as<uint8_t* const>() + page_base[k], it.cache.page_tokens};
+      a.cache = dev::PagedLayerDevice{ln.batch_pages.as<uint8_t* const>() + page_base[k], it.cache.page_tokens};
       a.num_splits = static_cast<int>(splits[k]);
       a.tokens_per_split = per_split[k];
       a.max_record_bytes = plans[k]->max_record_bytes;
@@ -359,59 +429,59 @@ class CudaBackend final : public Backend {
       a.partial_out = po;
       a.partial_lse = pl;
       mp[k] = dev::MergeParams{plans[k]->heads, num_kv, d, group, q_len, static_cast<int>(splits[k]), po, pl,
-                               out_.as<float>() + k * q_floats, lse_.as<float>() + k * lse_floats};
+                               ln.out.as<float>() + k * q_floats, ln.lse.as<float>() + k * lse_floats};
     }
-    RETURN_IF_CUDA(cudaMemcpyAsync(in_k_.ptr, pinned_in_.ptr, in_q, cudaMemcpyHostToDevice, stream_), "copy queries");
+    RETURN_IF_CUDA(cudaMemcpyAsync(ln.in_k.ptr, ln.pinned_in.ptr, in_q, cudaMemcpyHostToDevice, ln.stream), "copy queries");
     if (total_pages > 0) {
-      RETURN_IF_CUDA(cudaMemcpyAsync(batch_pages_.ptr, host_pages, total_pages * sizeof(uint8_t*),
-                                     cudaMemcpyHostToDevice, stream_), "page tables");
+      RETURN_IF_CUDA(cudaMemcpyAsync(ln.batch_pages.ptr, host_pages, total_pages * sizeof(uint8_t*),
+                                     cudaMemcpyHostToDevice, ln.stream), "page tables");
     }
-    RETURN_IF_CUDA(cudaMemcpyAsync(batch_params_.ptr, rq, params_bytes, cudaMemcpyHostToDevice, stream_), "parameters");
-    last_batch_ = {d_rq, d_ap, d_mp, shape};
-    RETURN_IF_CUDA(LaunchBatch(last_batch_), "attend launch");
-    RETURN_IF_CUDA(cudaMemcpyAsync(pinned_out_.ptr, out_.ptr, n * q_floats * 4, cudaMemcpyDeviceToHost, stream_), "copy out");
-    RETURN_IF_CUDA(cudaMemcpyAsync(pinned_out_.as<float>(n * q_floats * 4), lse_.ptr, n * lse_floats * 4,
-                                   cudaMemcpyDeviceToHost, stream_), "copy lse");
-    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "attend");
+    RETURN_IF_CUDA(cudaMemcpyAsync(ln.batch_params.ptr, rq, params_bytes, cudaMemcpyHostToDevice, ln.stream), "parameters");
+    ln.last_batch = {d_rq, d_ap, d_mp, shape};
+    RETURN_IF_CUDA(LaunchBatch(ln, ln.last_batch), "attend launch");
+    RETURN_IF_CUDA(cudaMemcpyAsync(ln.pinned_out.ptr, ln.out.ptr, n * q_floats * 4, cudaMemcpyDeviceToHost, ln.stream), "copy out");
+    RETURN_IF_CUDA(cudaMemcpyAsync(ln.pinned_out.as<float>(n * q_floats * 4), ln.lse.ptr, n * lse_floats * 4,
+                                   cudaMemcpyDeviceToHost, ln.stream), "copy lse");
+    RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "attend");
     for (size_t k = 0; k < n; ++k) {
       const AttendItem& it = items[idx[k]];
-      std::memcpy(it.params.out, pinned_out_.as<float>(k * q_floats * 4), q_floats * 4);
-      std::memcpy(it.params.lse, pinned_out_.as<float>((n * q_floats + k * lse_floats) * 4), lse_floats * 4);
+      std::memcpy(it.params.out, ln.pinned_out.as<float>(k * q_floats * 4), q_floats * 4);
+      std::memcpy(it.params.lse, ln.pinned_out.as<float>((n * q_floats + k * lse_floats) * 4), lse_floats * 4);
     }
     return absl::OkStatus();
   }
 
-  struct BatchLaunch {
-    const dev::RotateQueryParams* rotate = nullptr;
-    const dev::AttendParams* attend = nullptr;
-    const dev::MergeParams* merge = nullptr;
-    dev::AttendBatchShape shape{};
-  };
-  cudaError_t LaunchBatch(const BatchLaunch& b) {
-    cudaError_t e = dev::LaunchRotateQueriesBatch(b.rotate, b.shape, stream_);
-    if (e == cudaSuccess) e = dev::LaunchAttendMmaBatch(b.attend, b.shape, stream_);
-    if (e == cudaSuccess) e = dev::LaunchMergeBatch(b.merge, b.shape, stream_);
+  static cudaError_t LaunchBatch(Lane& ln, const BatchLaunch& b) {
+    cudaError_t e = dev::LaunchRotateQueriesBatch(b.rotate, b.shape, ln.stream);
+    if (e == cudaSuccess) e = dev::LaunchAttendMmaBatch(b.attend, b.shape, ln.stream);
+    if (e == cudaSuccess) e = dev::LaunchMergeBatch(b.merge, b.shape, ln.stream);
     return e;
   }
 
   // Benchmark support: one real AttendBatch call, then its launches
   // replayed between events.
   absl::StatusOr<double> TimeAttendBatch(absl::Span<const AttendItem> items, int iterations) {
-    if (absl::Status s = AttendBatch(items); !s.ok()) return s;
-    absl::MutexLock lock(&mu_);
-    const BatchLaunch b = last_batch_;
-    return TimeLaunches(iterations, [&] { return LaunchBatch(b); });
+    LaneLease lane(this);
+    Lane& ln = *lane;
+    if (absl::Status s = AttendBatchOn(ln, items); !s.ok()) return s;
+    const BatchLaunch b = ln.last_batch;
+    return TimeLaunches(ln, iterations, [&] { return LaunchBatch(ln, b); });
   }
 
   absl::Status Attend(const planner::LayerPlan& plan, const PagedLayerView& cache,
                       const AttentionParams& a) override {
+    LaneLease lane(this);
+    return AttendOn(*lane, plan, cache, a);
+  }
+
+  absl::Status AttendOn(Lane& ln, const planner::LayerPlan& plan, const PagedLayerView& cache,
+                        const AttentionParams& a) {
     if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
     absl::StatusOr<int64_t> checked = CheckAttention(plan, cache, a);
     if (!checked.ok()) return checked.status();
     const int64_t end = *checked;
     const int num_kv = static_cast<int>(plan.heads.size());
-    absl::MutexLock lock(&mu_);
-    if (!sticky_.ok()) return sticky_;
+    if (absl::Status s = Sticky(); !s.ok()) return s;
     absl::StatusOr<const DevicePlan*> dp = Upload(plan);
     if (!dp.ok()) return dp.status();
     const int d = (*dp)->head_dim;
@@ -421,27 +491,27 @@ class CudaBackend final : public Backend {
     const int64_t tokens = end - a.token_begin;
     const bool mma = MmaEligible(d, cache, a.token_begin, end, rows);
     const auto [splits, per_split] = Splits(tokens, num_kv, mma, 1);
-    RETURN_IF_CUDA(in_k_.Ensure(q_floats * 4), "staging");
-    RETURN_IF_CUDA(rotated_.Ensure(q_floats * 4), "staging");
-    RETURN_IF_CUDA(partial_out_.Ensure(static_cast<size_t>(num_kv) * splits * rows * d * 4), "workspace");
-    RETURN_IF_CUDA(partial_lse_.Ensure(static_cast<size_t>(num_kv) * splits * rows * 4), "workspace");
-    RETURN_IF_CUDA(out_.Ensure(q_floats * 4), "staging");
-    RETURN_IF_CUDA(lse_.Ensure(static_cast<size_t>(a.num_q_heads) * a.q_len * 4), "staging");
-    RETURN_IF_CUDA(cudaMemcpyAsync(in_k_.ptr, a.queries, q_floats * 4, cudaMemcpyHostToDevice, stream_), "copy queries");
-    absl::StatusOr<dev::PagedLayerDevice> pages = UploadPages(cache);
+    RETURN_IF_CUDA(ln.in_k.Ensure(q_floats * 4), "staging");
+    RETURN_IF_CUDA(ln.rotated.Ensure(q_floats * 4), "staging");
+    RETURN_IF_CUDA(ln.partial_out.Ensure(static_cast<size_t>(num_kv) * splits * rows * d * 4), "workspace");
+    RETURN_IF_CUDA(ln.partial_lse.Ensure(static_cast<size_t>(num_kv) * splits * rows * 4), "workspace");
+    RETURN_IF_CUDA(ln.out.Ensure(q_floats * 4), "staging");
+    RETURN_IF_CUDA(ln.lse.Ensure(static_cast<size_t>(a.num_q_heads) * a.q_len * 4), "staging");
+    RETURN_IF_CUDA(cudaMemcpyAsync(ln.in_k.ptr, a.queries, q_floats * 4, cudaMemcpyHostToDevice, ln.stream), "copy queries");
+    absl::StatusOr<dev::PagedLayerDevice> pages = UploadPages(ln, cache);
     if (!pages.ok()) return pages.status();
 
-    dev::RotateQueryParams rq{(*dp)->heads, num_kv, d, group, a.q_len, in_k_.as<float>(),
-                              rotated_.as<float>()};
-    last_rotate_ = rq;
-    RETURN_IF_CUDA(dev::LaunchRotateQueries(rq, stream_), "rotate launch");
+    dev::RotateQueryParams rq{(*dp)->heads, num_kv, d, group, a.q_len, ln.in_k.as<float>(),
+                              ln.rotated.as<float>()};
+    ln.last_rotate = rq;
+    RETURN_IF_CUDA(dev::LaunchRotateQueries(rq, ln.stream), "rotate launch");
     dev::AttendParams ap{};
     ap.heads = (*dp)->heads;
     ap.num_kv_heads = num_kv;
     ap.head_dim = d;
     ap.rows = rows;
     ap.q_len = a.q_len;
-    ap.rotated = rotated_.as<float>();
+    ap.rotated = ln.rotated.as<float>();
     ap.causal = a.causal ? 1 : 0;
     ap.causal_offset = a.causal_offset;
     ap.scale = a.scale;
@@ -453,20 +523,20 @@ class CudaBackend final : public Backend {
     ap.max_record_bytes = (*dp)->max_record_bytes;
     ap.max_levels = (*dp)->max_levels;
     ap.lut_words = (*dp)->lut_words;
-    ap.partial_out = partial_out_.as<float>();
-    ap.partial_lse = partial_lse_.as<float>();
-    last_attend_ = ap;
-    last_attend_mma_ = mma;
-    RETURN_IF_CUDA(mma ? dev::LaunchAttendMma(ap, stream_) : dev::LaunchAttend(ap, stream_), "attend launch");
+    ap.partial_out = ln.partial_out.as<float>();
+    ap.partial_lse = ln.partial_lse.as<float>();
+    ln.last_attend = ap;
+    ln.last_attend_mma = mma;
+    RETURN_IF_CUDA(mma ? dev::LaunchAttendMma(ap, ln.stream) : dev::LaunchAttend(ap, ln.stream), "attend launch");
     dev::MergeParams mp{(*dp)->heads, num_kv, d, group, a.q_len, static_cast<int>(splits),
-                        partial_out_.as<float>(), partial_lse_.as<float>(), out_.as<float>(),
-                        lse_.as<float>()};
-    last_merge_ = mp;
-    RETURN_IF_CUDA(dev::LaunchMerge(mp, stream_), "merge launch");
-    RETURN_IF_CUDA(cudaMemcpyAsync(a.out, out_.ptr, q_floats * 4, cudaMemcpyDeviceToHost, stream_), "copy out");
-    RETURN_IF_CUDA(cudaMemcpyAsync(a.lse, lse_.ptr, static_cast<size_t>(a.num_q_heads) * a.q_len * 4,
-                                   cudaMemcpyDeviceToHost, stream_), "copy lse");
-    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "attend");
+                        ln.partial_out.as<float>(), ln.partial_lse.as<float>(), ln.out.as<float>(),
+                        ln.lse.as<float>()};
+    ln.last_merge = mp;
+    RETURN_IF_CUDA(dev::LaunchMerge(mp, ln.stream), "merge launch");
+    RETURN_IF_CUDA(cudaMemcpyAsync(a.out, ln.out.ptr, q_floats * 4, cudaMemcpyDeviceToHost, ln.stream), "copy out");
+    RETURN_IF_CUDA(cudaMemcpyAsync(a.lse, ln.lse.ptr, static_cast<size_t>(a.num_q_heads) * a.q_len * 4,
+                                   cudaMemcpyDeviceToHost, ln.stream), "copy lse");
+    RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "attend");
     return absl::OkStatus();
   }
 
@@ -480,17 +550,18 @@ class CudaBackend final : public Backend {
     AttentionParams warm = a;
     warm.out = out.data();
     warm.lse = lse.data();
-    if (absl::Status s = Attend(plan, cache, warm); !s.ok()) return s;
-    absl::MutexLock lock(&mu_);
-    auto rotate = [&] { return dev::LaunchRotateQueries(last_rotate_, stream_); };
+    LaneLease lane(this);
+    Lane& ln = *lane;
+    if (absl::Status s = AttendOn(ln, plan, cache, warm); !s.ok()) return s;
+    auto rotate = [&] { return dev::LaunchRotateQueries(ln.last_rotate, ln.stream); };
     auto attend = [&] {
-      return last_attend_mma_ ? dev::LaunchAttendMma(last_attend_, stream_) : dev::LaunchAttend(last_attend_, stream_);
+      return ln.last_attend_mma ? dev::LaunchAttendMma(ln.last_attend, ln.stream) : dev::LaunchAttend(ln.last_attend, ln.stream);
     };
-    auto merge = [&] { return dev::LaunchMerge(last_merge_, stream_); };
+    auto merge = [&] { return dev::LaunchMerge(ln.last_merge, ln.stream); };
     AttendKernelTimes t;
-    t.num_splits = last_attend_.num_splits;
-    t.tensor_cores = last_attend_mma_;
-    absl::StatusOr<double> us = TimeLaunches(iterations, [&] {
+    t.num_splits = ln.last_attend.num_splits;
+    t.tensor_cores = ln.last_attend_mma;
+    absl::StatusOr<double> us = TimeLaunches(ln, iterations, [&] {
       cudaError_t e = rotate();
       if (e == cudaSuccess) e = attend();
       if (e == cudaSuccess) e = merge();
@@ -500,7 +571,7 @@ class CudaBackend final : public Backend {
     t.total_us = *us;
     for (auto [launch, field] : {std::pair<std::function<cudaError_t()>, double*>{rotate, &t.rotate_us},
                                  {attend, &t.attend_us}, {merge, &t.merge_us}}) {
-      us = TimeLaunches(iterations, launch);
+      us = TimeLaunches(ln, iterations, launch);
       if (!us.ok()) return us.status();
       *field = *us;
     }
@@ -510,9 +581,10 @@ class CudaBackend final : public Backend {
   absl::StatusOr<double> TimeEncode(const planner::LayerPlan& plan, const PagedLayerView& cache,
                                     const float* keys, const float* values, int64_t n,
                                     int iterations) {
-    if (absl::Status s = EncodeLayer(plan, cache, 0, keys, values, n); !s.ok()) return s;
-    absl::MutexLock lock(&mu_);
-    return TimeLaunches(iterations, [&] { return dev::LaunchEncode(last_encode_, stream_); });
+    LaneLease lane(this);
+    Lane& ln = *lane;
+    if (absl::Status s = EncodeOn(ln, plan, cache, 0, keys, values, n); !s.ok()) return s;
+    return TimeLaunches(ln, iterations, [&] { return dev::LaunchEncode(ln.last_encode, ln.stream); });
   }
 
   absl::Status AttendDense(int num_kv, int head_dim, const DenseKvView& kv,
@@ -523,7 +595,7 @@ class CudaBackend final : public Backend {
   absl::Status MergeStates(const MergeParams& p) override { return cpu_->MergeStates(p); }
 
   absl::StatusOr<uint8_t*> AllocateArena(int64_t bytes) override {
-    absl::MutexLock lock(&mu_);
+    cudaSetDevice(device_);
     void* ptr = nullptr;
     const cudaError_t err = cudaMalloc(&ptr, static_cast<size_t>(bytes));
     if (err != cudaSuccess) {
@@ -540,8 +612,9 @@ class CudaBackend final : public Backend {
                            int64_t first, int64_t n, uint8_t* out) override {
     if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
     if (absl::Status s = CheckReadRange(cache, first, n); !s.ok()) return s;
-    absl::MutexLock lock(&mu_);
-    if (!sticky_.ok()) return sticky_;
+    if (absl::Status s = Sticky(); !s.ok()) return s;
+    LaneLease lane(this);
+    Lane& ln = *lane;
     const planner::PageLayout layout = planner::MakePageLayout(plan, cache.page_tokens);
     for (size_t h = 0; h < plan.heads.size(); ++h) {
       const int rb = plan.heads[h].layout.record_bytes;
@@ -549,17 +622,17 @@ class CudaBackend final : public Backend {
         const int64_t slot = t % cache.page_tokens;
         const int64_t run = std::min<int64_t>(first + n - t, cache.page_tokens - slot);
         const uint8_t* src = cache.pages[t / cache.page_tokens] + layout.head_offsets[h] + slot * rb;
-        RETURN_IF_CUDA(cudaMemcpyAsync(out, src, run * rb, cudaMemcpyDeviceToHost, stream_), "copy records");
+        RETURN_IF_CUDA(cudaMemcpyAsync(out, src, run * rb, cudaMemcpyDeviceToHost, ln.stream), "copy records");
         out += run * rb;
         t += run;
       }
     }
-    RETURN_IF_CUDA(cudaStreamSynchronize(stream_), "read records");
+    RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "read records");
     return absl::OkStatus();
   }
 
  private:
-  absl::Status CudaError(cudaError_t err, const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  absl::Status CudaError(cudaError_t err, const char* what) ABSL_LOCKS_EXCLUDED(sticky_mu_) {
     const std::string message =
         absl::StrCat("CUDA error in ", what, ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
     // Out of device or pinned memory: the caller may retry with less.
@@ -574,7 +647,8 @@ class CudaBackend final : public Backend {
         err == cudaErrorMisalignedAddress || err == cudaErrorInvalidAddressSpace ||
         err == cudaErrorInvalidPc || err == cudaErrorECCUncorrectable ||
         err == cudaErrorAssert || err == cudaErrorLaunchTimeout) {
-      sticky_ = s;
+      absl::MutexLock lock(&sticky_mu_);
+      if (sticky_.ok()) sticky_ = s;
     } else {
       cudaGetLastError();  // clear a non-sticky error
     }
@@ -582,15 +656,14 @@ class CudaBackend final : public Backend {
   }
 
   template <typename Launch>
-  absl::StatusOr<double> TimeLaunches(int iterations, Launch launch)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  absl::StatusOr<double> TimeLaunches(Lane& ln, int iterations, Launch launch) {
     cudaEvent_t start, stop;
     RETURN_IF_CUDA(cudaEventCreate(&start), "event");
     RETURN_IF_CUDA(cudaEventCreate(&stop), "event");
     for (int i = 0; i < 3; ++i) RETURN_IF_CUDA(launch(), "warm-up");
-    RETURN_IF_CUDA(cudaEventRecord(start, stream_), "event");
+    RETURN_IF_CUDA(cudaEventRecord(start, ln.stream), "event");
     for (int i = 0; i < iterations; ++i) RETURN_IF_CUDA(launch(), "timed launch");
-    RETURN_IF_CUDA(cudaEventRecord(stop, stream_), "event");
+    RETURN_IF_CUDA(cudaEventRecord(stop, ln.stream), "event");
     RETURN_IF_CUDA(cudaEventSynchronize(stop), "event");
     float ms = 0;
     RETURN_IF_CUDA(cudaEventElapsedTime(&ms, start, stop), "event");
@@ -609,20 +682,21 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<dev::PagedLayerDevice> UploadPages(const PagedLayerView& c)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  absl::StatusOr<dev::PagedLayerDevice> UploadPages(Lane& ln, const PagedLayerView& c) {
     const size_t bytes = static_cast<size_t>(std::max<int64_t>(1, c.num_pages)) * sizeof(uint8_t*);
-    RETURN_IF_CUDA(page_table_.Ensure(bytes), "page table");
+    RETURN_IF_CUDA(ln.page_table.Ensure(bytes), "page table");
     if (c.num_pages > 0) {
-      RETURN_IF_CUDA(cudaMemcpyAsync(page_table_.ptr, c.pages, c.num_pages * sizeof(uint8_t*),
-                                     cudaMemcpyHostToDevice, stream_), "page table");
+      RETURN_IF_CUDA(cudaMemcpyAsync(ln.page_table.ptr, c.pages, c.num_pages * sizeof(uint8_t*),
+                                     cudaMemcpyHostToDevice, ln.stream), "page table");
     }
-    return dev::PagedLayerDevice{page_table_.as<uint8_t* const>(), c.page_tokens};
+    return dev::PagedLayerDevice{ln.page_table.as<uint8_t* const>(), c.page_tokens};
   }
 
-  absl::StatusOr<const DevicePlan*> Upload(const planner::LayerPlan& plan)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // The plan on the device, uploaded on first use (synchronously; plans
+  // are few and stay until the backend goes).
+  absl::StatusOr<const DevicePlan*> Upload(const planner::LayerPlan& plan) ABSL_LOCKS_EXCLUDED(plans_mu_) {
     const uint64_t key = Fingerprint(plan);
+    absl::MutexLock lock(&plans_mu_);
     auto it = plans_.find(key);
     if (it != plans_.end()) return &it->second;
     // One blob: per head, permutation (ints), then float arrays.
@@ -702,23 +776,16 @@ class CudaBackend final : public Backend {
   }
 
   const int device_;
-  cudaStream_t stream_;
   const int sm_count_;
   std::unique_ptr<Backend> cpu_;  // fp16 sinks/window and merges of host data
-  mutable absl::Mutex mu_;
-  absl::Status sticky_ ABSL_GUARDED_BY(mu_);
-  std::map<uint64_t, DevicePlan> plans_ ABSL_GUARDED_BY(mu_);
-  DeviceBuffer in_k_, in_v_, out_k_, out_v_, page_table_, rotated_, partial_out_, partial_lse_,
-      out_, lse_, flag_;
-  // The last launches' parameters, replayed by the timing helpers.
-  dev::EncodeParams last_encode_ ABSL_GUARDED_BY(mu_) = {};
-  dev::RotateQueryParams last_rotate_ ABSL_GUARDED_BY(mu_) = {};
-  dev::AttendParams last_attend_ ABSL_GUARDED_BY(mu_) = {};
-  bool last_attend_mma_ ABSL_GUARDED_BY(mu_) = false;
-  BatchLaunch last_batch_ ABSL_GUARDED_BY(mu_);
-  DeviceBuffer batch_params_, batch_pages_;
-  PinnedBuffer pinned_in_, pinned_out_;
-  dev::MergeParams last_merge_ ABSL_GUARDED_BY(mu_) = {};
+  // Lock order: pool_mu_, plans_mu_, sticky_mu_ (never the reverse).
+  mutable absl::Mutex sticky_mu_;
+  absl::Status sticky_ ABSL_GUARDED_BY(sticky_mu_);
+  absl::Mutex plans_mu_;
+  std::map<uint64_t, DevicePlan> plans_ ABSL_GUARDED_BY(plans_mu_);
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  absl::Mutex pool_mu_;
+  std::vector<Lane*> free_lanes_ ABSL_GUARDED_BY(pool_mu_);
 };
 
 }  // namespace
@@ -769,12 +836,18 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOpti
   cudaError_t err = cudaSetDevice(options.device);
   int sms = 0;
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, options.device);
-  cudaStream_t stream = nullptr;
-  if (err == cudaSuccess) err = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  if (options.streams < 1 || options.streams > 64) {
+    return absl::InvalidArgumentError(absl::StrCat("streams: expected 1..64, got ", options.streams));
+  }
+  std::vector<std::unique_ptr<Lane>> lanes;
+  for (int i = 0; i < options.streams && err == cudaSuccess; ++i) {
+    lanes.push_back(std::make_unique<Lane>());
+    err = cudaStreamCreateWithFlags(&lanes.back()->stream, cudaStreamNonBlocking);
+  }
   if (err != cudaSuccess) {
     return absl::UnavailableError(absl::StrCat("CUDA device ", options.device, ": ", cudaGetErrorString(err)));
   }
-  return std::unique_ptr<Backend>(new CudaBackend(options.device, stream, sms));
+  return std::unique_ptr<Backend>(new CudaBackend(options.device, std::move(lanes), sms));
 }
 
 }  // namespace ropekv::kernels

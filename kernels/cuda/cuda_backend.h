@@ -2,10 +2,11 @@
 // kernels of codec.cu and attention.cu, host buffers in and out.
 //
 // Each layer plan is uploaded to the device once (cached by content) and
-// reused. Work goes through one stream per backend; calls are serialized
-// by a mutex in this version. CUDA errors map to UNAVAILABLE (INTERNAL for
-// launch-configuration errors); a sticky error makes every later call fail
-// and healthy() false.
+// reused. Each call runs on one of `streams` lanes (a stream with its own
+// staging buffers), so up to that many calls proceed concurrently and
+// overlap on the device; further calls wait for a lane. CUDA errors map to
+// UNAVAILABLE (RESOURCE_EXHAUSTED when memory runs out); a sticky error
+// makes every later call fail and healthy() false.
 //
 // Thread safety: all methods are thread-safe.
 #ifndef ROPEKV_KERNELS_CUDA_CUDA_BACKEND_H_
@@ -21,6 +22,8 @@ namespace ropekv::kernels {
 
 struct CudaBackendOptions {
   int device = 0;
+  // Calls in flight at once (streams with their own staging), 1..64.
+  int streams = 8;
 };
 
 // UNAVAILABLE when no device is visible or the device cannot be used.
@@ -34,7 +37,7 @@ std::string CudaDeviceDescription(int device);
 
 // Kernel timings for the benchmark program: runs the device work of one
 // Attend (query rotation, split attention, merge) or one EncodeLayer
-// `iterations` times back to back on the backend's stream, with inputs
+// `iterations` times back to back on one of the backend's streams, with inputs
 // already on the device, and returns the mean microseconds per call
 // between CUDA events. REQUIRES: `backend` came from CreateCudaBackend.
 struct AttendKernelTimes {

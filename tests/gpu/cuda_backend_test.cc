@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <filesystem>
+#include <atomic>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -368,6 +370,65 @@ TEST_F(CudaBackendTest, RaggedBatchEqualsCpuPerItem) {
   s = gpu_->AttendBatch(items);
   EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange) << s;
   EXPECT_NE(s.message().find("item 3"), std::string::npos) << s;
+}
+
+// Calls from many threads run on several streams at once; each must get
+// exactly what the same call gets alone (encode and attention are
+// deterministic for a given input), whatever else is in flight.
+TEST_F(CudaBackendTest, ConcurrentCallsEqualTheSameCallsAlone) {
+  const planner::ModelProfile profile = MakeProfile(128, 2, 8, 3.0, 3, 21);
+  const planner::LayerPlan& plan = profile.layers[0];
+  constexpr int kThreads = 16, kRounds = 12;
+  struct Work {
+    int64_t tokens;
+    std::vector<float> k, v, q;
+    std::vector<float> out[2], lse[2];  // alone: by Attend, by AttendBatch
+  };
+  std::vector<Work> work(kThreads);
+  auto run = [&](Work& w, std::vector<float>* out, std::vector<float>* lse, bool batched) -> absl::Status {
+    DevicePages pages(*gpu_, plan, 64, w.tokens);
+    if (absl::Status s = gpu_->EncodeLayer(plan, pages.view(0), 0, w.k.data(), w.v.data(), w.tokens); !s.ok()) {
+      return s;
+    }
+    AttentionParams a;
+    a.queries = w.q.data();
+    a.num_q_heads = 16;
+    a.scale = 1.0f / std::sqrt(128.0f);
+    out->assign(16 * 128, NAN);
+    lse->assign(16, NAN);
+    a.out = out->data();
+    a.lse = lse->data();
+    if (!batched) return gpu_->Attend(plan, pages.view(w.tokens), a);
+    const Backend::AttendItem item{&plan, pages.view(w.tokens), a};
+    return gpu_->AttendBatch({&item, 1});
+  };
+  for (int i = 0; i < kThreads; ++i) {
+    Work& w = work[i];
+    w.tokens = 500 + 700 * i;
+    w.k = testing::RandomNormal(2 * w.tokens * 128, 100 + i, 1.5f);
+    w.v = testing::RandomNormal(2 * w.tokens * 128, 200 + i);
+    w.q = testing::RandomNormal(16 * 128, 300 + i, 2.0f);
+    ASSERT_TRUE(run(w, &w.out[0], &w.lse[0], false).ok());
+    ASSERT_TRUE(run(w, &w.out[1], &w.lse[1], true).ok());
+  }
+  std::atomic<int> mismatches{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      for (int r = 0; r < kRounds; ++r) {
+        Work& w = work[(i + r) % kThreads];
+        std::vector<float> out, lse;
+        if (!run(w, &out, &lse, r % 2 == 1).ok()) {
+          ++failures;
+        } else if (out != w.out[r % 2] || lse != w.lse[r % 2]) {
+          ++mismatches;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(mismatches.load(), 0) << "of " << kThreads * kRounds << " concurrent calls";
 }
 
 TEST_F(CudaBackendTest, BadInputAndNormOverflow) {
