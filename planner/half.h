@@ -6,6 +6,11 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ROPEKV_HALF_X86 1
+#endif
+
 namespace ropekv::planner {
 
 inline uint32_t FloatBits(float f) {
@@ -60,6 +65,91 @@ inline uint16_t FloatToHalf(float f) {
 
 // The fp32 value an fp32 becomes after a round trip through fp16.
 inline float RoundToHalf(float f) { return HalfToFloat(FloatToHalf(f)); }
+
+// Bulk conversions for tensors on the wire. With F16C (x86, checked at run
+// time) eight values per instruction; the results equal the scalar
+// functions' for every non-NaN value (NaN stays NaN, its payload may
+// differ). `halves` need not be aligned.
+inline void HalvesToFloatsScalar(const unsigned char* src, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    out[i] = HalfToFloat(h);
+  }
+}
+inline void FloatsToHalvesScalar(const float* in, unsigned char* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = FloatToHalf(in[i]);
+    std::memcpy(dst + 2 * i, &h, 2);
+  }
+}
+#ifdef ROPEKV_HALF_X86
+__attribute__((target("avx,f16c"))) inline void HalvesToFloatsF16c(const unsigned char* src, float* out,
+                                                                   int64_t n) {
+  const int64_t vec = n / 8 * 8;
+  for (int64_t i = 0; i < vec; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+  }
+  HalvesToFloatsScalar(src + 2 * vec, out + vec, n - vec);
+}
+__attribute__((target("avx,f16c"))) inline void FloatsToHalvesF16c(const float* in, unsigned char* dst,
+                                                                   int64_t n) {
+  const int64_t vec = n / 8 * 8;
+  for (int64_t i = 0; i < vec; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i), h);
+  }
+  FloatsToHalvesScalar(in + vec, dst + 2 * vec, n - vec);
+}
+inline bool CpuHasF16c() {
+  static const bool has = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  return has;
+}
+#endif
+
+inline void HalvesToFloats(const void* halves, float* out, int64_t n) {
+  const auto* src = static_cast<const unsigned char*>(halves);
+#ifdef ROPEKV_HALF_X86
+  if (CpuHasF16c()) return HalvesToFloatsF16c(src, out, n);
+#endif
+  HalvesToFloatsScalar(src, out, n);
+}
+
+inline void FloatsToHalves(const float* in, void* halves, int64_t n) {
+  auto* dst = static_cast<unsigned char*>(halves);
+#ifdef ROPEKV_HALF_X86
+  if (CpuHasF16c()) return FloatsToHalvesF16c(in, dst, n);
+#endif
+  FloatsToHalvesScalar(in, dst, n);
+}
+
+// Index of the first Inf or NaN in data[0, n), -1 when all are finite. The
+// scan keeps the largest exponent field per block of fixed length (which
+// the compiler vectorises); only a block that reaches all ones is searched
+// element by element.
+inline int64_t FirstNonFinite(const float* data, int64_t n) {
+  constexpr int64_t kBlock = 1024;
+  constexpr uint32_t kExp = 0x7F800000u;
+  auto search = [&](int64_t b, int64_t e) -> int64_t {
+    for (int64_t i = b; i < e; ++i) {
+      if ((FloatBits(data[i]) & kExp) == kExp) return i;
+    }
+    return -1;
+  };
+  int64_t b = 0;
+  for (; b + kBlock <= n; b += kBlock) {
+    uint32_t top = 0;
+    for (int64_t i = 0; i < kBlock; ++i) {
+      uint32_t u;
+      std::memcpy(&u, data + b + i, 4);
+      const uint32_t e = u & kExp;
+      top = e > top ? e : top;
+    }
+    if (top == kExp) return search(b, b + kBlock);
+  }
+  return search(b, n);
+}
 
 }  // namespace ropekv::planner
 

@@ -69,21 +69,19 @@ absl::StatusOr<std::vector<float>> TensorToFloats(
   const char* src = t.data().data();
   if (t.dtype() == pb::DTYPE_FP32) {
     if (n > 0) std::memcpy(out.data(), src, n * 4);
+  } else if (t.dtype() == pb::DTYPE_FP16) {
+    planner::HalvesToFloats(src, out.data(), n);
   } else {
     for (int64_t i = 0; i < n; ++i) {
       uint16_t h;
       std::memcpy(&h, src + 2 * i, 2);
-      out[i] = t.dtype() == pb::DTYPE_FP16
-                   ? planner::HalfToFloat(h)
-                   : planner::BitsToFloat(static_cast<uint32_t>(h) << 16);
+      out[i] = planner::BitsToFloat(static_cast<uint32_t>(h) << 16);
     }
   }
   if (require_finite) {
-    for (int64_t i = 0; i < n; ++i) {
-      if (!std::isfinite(out[i])) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            field, ".data: expected finite values, got ", out[i], " at element ", i));
-      }
+    if (const int64_t i = planner::FirstNonFinite(out.data(), n); i >= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".data: expected finite values, got ", out[i], " at element ", i));
     }
   }
   return out;
@@ -100,6 +98,10 @@ void FloatsToTensor(absl::Span<const float> data, absl::Span<const int64_t> shap
     return;
   }
   bytes->resize(data.size() * 2);
+  if (dtype == pb::DTYPE_FP16) {
+    planner::FloatsToHalves(data.data(), bytes->data(), static_cast<int64_t>(data.size()));
+    return;
+  }
   for (size_t i = 0; i < data.size(); ++i) {
     const uint16_t h = dtype == pb::DTYPE_FP16
                            ? planner::FloatToHalf(data[i])

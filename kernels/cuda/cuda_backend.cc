@@ -18,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "kernels/cuda/device_plan.cuh"
 #include "kernels/validation.h"
+#include "planner/half.h"
 
 namespace ropekv::kernels {
 namespace {
@@ -209,13 +210,10 @@ class CudaBackend final : public Backend {
     const int d = plan.heads[0].head_dim;
     const size_t n = plan.heads.size() * static_cast<size_t>(num_tokens) * d;
     for (const float* src : {keys, values}) {
-      for (size_t i = 0; i < n; ++i) {
-        if (!std::isfinite(src[i])) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              src == keys ? "key" : "value", ": expected finite values, got ", src[i],
-              " at kv_head ", i / (num_tokens * d), " token ",
-              first_token + static_cast<int64_t>(i / d % num_tokens)));
-        }
+      if (const int64_t i = planner::FirstNonFinite(src, static_cast<int64_t>(n)); i >= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            src == keys ? "key" : "value", ": expected finite values, got ", src[i],
+            " at kv_head ", i / (num_tokens * d), " token ", first_token + i / d % num_tokens));
       }
     }
     if (absl::Status s = Sticky(); !s.ok()) return s;
