@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/random/random.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -175,63 +176,70 @@ class AppendReactor final : public Recorded<grpc::ServerReadReactor<pb::AppendRe
     if (Authenticate(ctx)) StartRead(&request_);
   }
 
+  // Reads run one message ahead: the next message arrives and is parsed
+  // while this one is converted, copied and encoded. Its OnReadDone may
+  // then start before this one returns; the lock keeps the messages in
+  // order and current_ to one handler.
   void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;  // the read that was ahead when the call failed
     if (!ok) {
       // End of the client's stream, or cancellation/deadline: only the
       // former commits.
       absl::Status s = ctx_->IsCancelled() ? absl::CancelledError("append cancelled") : Commit();
-      txn_.reset();  // aborts unless committed, before the client hears back
-      FinishRecorded(s);
+      Finish(s);
       return;
     }
-    absl::Status s = Handle();
-    if (!s.ok()) {
-      txn_.reset();
-      FinishRecorded(s);
-      return;
-    }
+    current_.Swap(&request_);
     StartRead(&request_);
+    if (absl::Status s = Handle(current_); !s.ok()) Finish(s);
   }
 
   void OnDone() override { delete this; }
 
  private:
-  absl::Status Handle() {
+  void Finish(const absl::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    txn_.reset();  // aborts unless committed, before the client hears back
+    finished_ = true;
+    FinishRecorded(s);
+  }
+
+  absl::Status Handle(const pb::AppendRequest& m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (txn_ == nullptr) {
-      if (absl::Status s = ValidateId(request_.session_id(), "session_id"); !s.ok()) return s;
+      if (absl::Status s = ValidateId(m.session_id(), "session_id"); !s.ok()) return s;
       absl::StatusOr<std::shared_ptr<Session>> session =
-          service_->deps().sessions->Find(tenant_, request_.session_id());
+          service_->deps().sessions->Find(tenant_, m.session_id());
       if (!session.ok()) return session.status();
       absl::StatusOr<std::unique_ptr<AppendTxn>> txn =
           AppendTxn::Begin(*session, service_->deps().backend);
       if (!txn.ok()) return txn.status();
       txn_ = *std::move(txn);
-    } else if (!request_.session_id().empty() &&
-               request_.session_id() != txn_->session().id()) {
+    } else if (!m.session_id().empty() &&
+               m.session_id() != txn_->session().id()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "session_id: expected '", txn_->session().id(), "' (or empty) in later messages"));
     }
     const planner::ModelGeometry& g = txn_->session().profile().geometry;
-    if (request_.layer() >= static_cast<uint32_t>(g.num_layers)) {
+    if (m.layer() >= static_cast<uint32_t>(g.num_layers)) {
       return absl::OutOfRangeError(absl::StrCat(
-          "layer: expected [0, ", g.num_layers, "), got ", request_.layer()));
+          "layer: expected [0, ", g.num_layers, "), got ", m.layer()));
     }
     absl::StatusOr<std::vector<float>> keys =
-        proto::TensorToFloats(request_.keys(), {g.num_kv_heads, -1, g.head_dim}, "keys");
+        proto::TensorToFloats(m.keys(), {g.num_kv_heads, -1, g.head_dim}, "keys");
     if (!keys.ok()) return keys.status();
-    const int64_t tokens = request_.keys().shape(1);
+    const int64_t tokens = m.keys().shape(1);
     absl::StatusOr<std::vector<float>> values =
-        proto::TensorToFloats(request_.values(), {g.num_kv_heads, tokens, g.head_dim}, "values");
+        proto::TensorToFloats(m.values(), {g.num_kv_heads, tokens, g.head_dim}, "values");
     if (!values.ok()) return values.status();
-    if (request_.token_start() > (uint64_t{1} << 40)) {
+    if (m.token_start() > (uint64_t{1} << 40)) {
       return absl::OutOfRangeError("token_start: too large");
     }
-    return txn_->Add(static_cast<int>(request_.layer()),
-                     static_cast<int64_t>(request_.token_start()), keys->data(),
+    return txn_->Add(static_cast<int>(m.layer()),
+                     static_cast<int64_t>(m.token_start()), keys->data(),
                      values->data(), tokens);
   }
 
-  absl::Status Commit() {
+  absl::Status Commit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (txn_ == nullptr) {
       return absl::InvalidArgumentError("append: expected at least one message");
     }
@@ -254,8 +262,11 @@ class AppendReactor final : public Recorded<grpc::ServerReadReactor<pb::AppendRe
 
   grpc::CallbackServerContext* ctx_;
   pb::AppendResponse* response_;
-  pb::AppendRequest request_;
-  std::unique_ptr<AppendTxn> txn_;
+  pb::AppendRequest request_;  // being read
+  absl::Mutex mu_;
+  pb::AppendRequest current_ ABSL_GUARDED_BY(mu_);  // being handled
+  std::unique_ptr<AppendTxn> txn_ ABSL_GUARDED_BY(mu_);
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // ---------------------------------------------------------------- AttendStream
