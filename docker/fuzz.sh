@@ -9,12 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 cmake --preset fuzz > /dev/null
-cmake --build --preset fuzz -j "$(nproc)"
+targets=(fuzz_safetensors fuzz_profile fuzz_request fuzz_packed_record)
+cmake --build --preset fuzz -j "$(nproc)" --target "${targets[@]}"  # the fuzzers only
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 artifacts=$PWD/build/fuzz/artifacts  # reproducers of failures are kept here
 mkdir -p "$artifacts"
-for target in fuzz_safetensors fuzz_profile fuzz_request fuzz_packed_record; do
+for target in "${targets[@]}"; do
   mkdir -p "$work/$target"
   cp tests/fuzz/corpus/"$target"/* "$work/$target/"
   log="$work/$target.log"
