@@ -120,8 +120,10 @@ struct BatchLaunch {
 // buffer. Buffers only grow: no allocation once warm.
 struct Lane {
   cudaStream_t stream = nullptr;
-  DeviceBuffer in_k, in_v, out_k, out_v, page_table, rotated, partial_out, partial_lse, out, lse, flag,
-      batch_params, batch_pages;
+  DeviceBuffer in_k, in_v, out_k, out_v, page_table, rotated, partial_out, partial_lse, out, lse, flag;
+  // AttendBatch: inputs [queries | page tables | launch parameters] and
+  // outputs [out | lse], each laid out as its pinned twin (one copy each way).
+  DeviceBuffer batch_in, batch_out;
   PinnedBuffer pinned_in, pinned_out;
   // The last launches' parameters (pointing into this lane's buffers),
   // replayed by the timing helpers on this lane.
@@ -134,7 +136,7 @@ struct Lane {
 
   ~Lane() {
     for (DeviceBuffer* b : {&in_k, &in_v, &out_k, &out_v, &page_table, &rotated, &partial_out, &partial_lse,
-                            &out, &lse, &flag, &batch_params, &batch_pages}) {
+                            &out, &lse, &flag, &batch_in, &batch_out}) {
       if (b->ptr != nullptr) cudaFree(b->ptr);
     }
     for (PinnedBuffer* b : {&pinned_in, &pinned_out}) {
@@ -377,30 +379,35 @@ class CudaBackend final : public Backend {
     }
     const size_t params_bytes = n * (sizeof(dev::RotateQueryParams) + sizeof(dev::AttendParams) + sizeof(dev::MergeParams));
     const size_t pages_bytes = static_cast<size_t>(std::max<int64_t>(1, total_pages)) * sizeof(uint8_t*);
-    RETURN_IF_CUDA(ln.in_k.Ensure(n * q_floats * 4), "staging");
+    // Input block [queries | page tables | parameters], the parameters
+    // 256-byte aligned like a fresh allocation; output block [out | lse].
+    const size_t in_q = n * q_floats * 4;
+    const size_t params_at = (in_q + pages_bytes + 255) / 256 * 256;
+    const size_t in_bytes = params_at + params_bytes;
+    const size_t out_bytes = n * (q_floats + lse_floats) * 4;
     RETURN_IF_CUDA(ln.rotated.Ensure(n * q_floats * 4), "staging");
     RETURN_IF_CUDA(ln.partial_out.Ensure(static_cast<size_t>(total_splits) * num_kv * rows * d * 4), "workspace");
     RETURN_IF_CUDA(ln.partial_lse.Ensure(static_cast<size_t>(total_splits) * num_kv * rows * 4), "workspace");
-    RETURN_IF_CUDA(ln.out.Ensure(n * q_floats * 4), "staging");
-    RETURN_IF_CUDA(ln.lse.Ensure(n * lse_floats * 4), "staging");
-    RETURN_IF_CUDA(ln.batch_pages.Ensure(pages_bytes), "page tables");
-    RETURN_IF_CUDA(ln.batch_params.Ensure(params_bytes), "parameters");
-    const size_t in_q = n * q_floats * 4;
-    RETURN_IF_CUDA(ln.pinned_in.Ensure(in_q + pages_bytes + params_bytes), "pinned staging");
-    RETURN_IF_CUDA(ln.pinned_out.Ensure(n * (q_floats + lse_floats) * 4), "pinned staging");
+    RETURN_IF_CUDA(ln.batch_in.Ensure(in_bytes), "staging");
+    RETURN_IF_CUDA(ln.batch_out.Ensure(out_bytes), "staging");
+    RETURN_IF_CUDA(ln.pinned_in.Ensure(in_bytes), "pinned staging");
+    RETURN_IF_CUDA(ln.pinned_out.Ensure(out_bytes), "pinned staging");
 
-    auto* rq = ln.pinned_in.as<dev::RotateQueryParams>(in_q + pages_bytes);
+    char* const dev_in = ln.batch_in.as<char>();
+    float* const dev_out = ln.batch_out.as<float>();
+    auto* rq = ln.pinned_in.as<dev::RotateQueryParams>(params_at);
     auto* ap = reinterpret_cast<dev::AttendParams*>(rq + n);
     auto* mp = reinterpret_cast<dev::MergeParams*>(ap + n);
-    auto* d_rq = ln.batch_params.as<dev::RotateQueryParams>();
+    auto* d_rq = reinterpret_cast<dev::RotateQueryParams*>(dev_in + params_at);
     auto* d_ap = reinterpret_cast<dev::AttendParams*>(d_rq + n);
     auto* d_mp = reinterpret_cast<dev::MergeParams*>(d_ap + n);
     uint8_t** host_pages = ln.pinned_in.as<uint8_t*>(in_q);
+    uint8_t* const* dev_pages = reinterpret_cast<uint8_t* const*>(dev_in + in_q);
     for (size_t k = 0; k < n; ++k) {
       const AttendItem& it = items[idx[k]];
       std::memcpy(ln.pinned_in.as<float>(k * q_floats * 4), it.params.queries, q_floats * 4);
       std::copy(it.cache.pages, it.cache.pages + it.cache.num_pages, host_pages + page_base[k]);
-      float* q_dev = ln.in_k.as<float>() + k * q_floats;
+      float* q_dev = reinterpret_cast<float*>(dev_in) + k * q_floats;
       float* rot_dev = ln.rotated.as<float>() + k * q_floats;
       float* po = ln.partial_out.as<float>() + split_base[k] * num_kv * rows * d;
       float* pl = ln.partial_lse.as<float>() + split_base[k] * num_kv * rows;
@@ -418,7 +425,7 @@ class CudaBackend final : public Backend {
       a.scale = it.params.scale;
       a.token_begin = it.params.token_begin;
       a.token_end = ends[idx[k]];
-      a.cache = dev::PagedLayerDevice{ln.batch_pages.as<uint8_t* const>() + page_base[k], it.cache.page_tokens};
+      a.cache = dev::PagedLayerDevice{dev_pages + page_base[k], it.cache.page_tokens};
       a.num_splits = static_cast<int>(splits[k]);
       a.tokens_per_split = per_split[k];
       a.max_record_bytes = plans[k]->max_record_bytes;
@@ -427,19 +434,14 @@ class CudaBackend final : public Backend {
       a.partial_out = po;
       a.partial_lse = pl;
       mp[k] = dev::MergeParams{plans[k]->heads, num_kv, d, group, q_len, static_cast<int>(splits[k]), po, pl,
-                               ln.out.as<float>() + k * q_floats, ln.lse.as<float>() + k * lse_floats};
+                               dev_out + k * q_floats, dev_out + n * q_floats + k * lse_floats};
     }
-    RETURN_IF_CUDA(cudaMemcpyAsync(ln.in_k.ptr, ln.pinned_in.ptr, in_q, cudaMemcpyHostToDevice, ln.stream), "copy queries");
-    if (total_pages > 0) {
-      RETURN_IF_CUDA(cudaMemcpyAsync(ln.batch_pages.ptr, host_pages, total_pages * sizeof(uint8_t*),
-                                     cudaMemcpyHostToDevice, ln.stream), "page tables");
-    }
-    RETURN_IF_CUDA(cudaMemcpyAsync(ln.batch_params.ptr, rq, params_bytes, cudaMemcpyHostToDevice, ln.stream), "parameters");
+    // One copy up, three launches, one copy down, one synchronisation of
+    // this lane's stream.
+    RETURN_IF_CUDA(cudaMemcpyAsync(dev_in, ln.pinned_in.ptr, in_bytes, cudaMemcpyHostToDevice, ln.stream), "copy inputs");
     ln.last_batch = {d_rq, d_ap, d_mp, shape};
     RETURN_IF_CUDA(LaunchBatch(ln, ln.last_batch), "attend launch");
-    RETURN_IF_CUDA(cudaMemcpyAsync(ln.pinned_out.ptr, ln.out.ptr, n * q_floats * 4, cudaMemcpyDeviceToHost, ln.stream), "copy out");
-    RETURN_IF_CUDA(cudaMemcpyAsync(ln.pinned_out.as<float>(n * q_floats * 4), ln.lse.ptr, n * lse_floats * 4,
-                                   cudaMemcpyDeviceToHost, ln.stream), "copy lse");
+    RETURN_IF_CUDA(cudaMemcpyAsync(ln.pinned_out.ptr, dev_out, out_bytes, cudaMemcpyDeviceToHost, ln.stream), "copy outputs");
     RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "attend");
     for (size_t k = 0; k < n; ++k) {
       const AttendItem& it = items[idx[k]];
