@@ -7,6 +7,7 @@
 #include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define ROPEKV_HALF_X86 1
 #endif
@@ -102,8 +103,19 @@ __attribute__((target("avx,f16c"))) inline void FloatsToHalvesF16c(const float* 
   }
   FloatsToHalvesScalar(in + vec, dst + 2 * vec, n - vec);
 }
+// CPUID leaf 1: F16C, AVX and OSXSAVE, and the OS saving YMM state (XCR0
+// bits 1-2). Read directly: not every compiler's __builtin_cpu_supports
+// knows "f16c".
 inline bool CpuHasF16c() {
-  static const bool has = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  static const bool has = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d) == 0) return false;
+    constexpr unsigned kOsxsave = 1u << 27, kAvx = 1u << 28, kF16c = 1u << 29;
+    if ((c & (kOsxsave | kAvx | kF16c)) != (kOsxsave | kAvx | kF16c)) return false;
+    unsigned lo = 0, hi = 0;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 6u) == 6u;
+  }();
   return has;
 }
 #endif
