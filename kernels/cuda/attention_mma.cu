@@ -1,26 +1,36 @@
 // Tensor-core decode attention over the paged packed cache.
 //
 // The same contract as AttendKernel (attention.cu): partial outputs and lse
-// per split in the rotated value space, merged by MergeKernel. The
-// difference is how the work is done: each warp decodes a tile of 16 tokens
-// straight from the packed records into fp16 MMA fragments (one table
-// lookup per pair of coordinates) and computes logits and the value sum
-// with mma.sync m16n8k16 in fp32 accumulators, flash-attention style.
-// Nothing is materialised in global memory; tiles are prefetched with
-// cp.async a few tiles ahead.
+// per split in the rotated value space, merged by MergeKernel. Each warp
+// decodes tiles of 32 tokens straight from the packed records into fp16 MMA
+// fragments and computes logits and the value sum with mma.sync m16n8k16 in
+// fp32 accumulators, flash-attention style. Nothing is materialised in
+// global memory; tiles are prefetched with cp.async a few tiles ahead.
 //
-// Index freedom used here: the dot products do not care in which order
-// their terms are summed, so the MMA's k index (key slots) and n index
-// (value dimensions) are assigned to make each thread's coordinates
-// contiguous in the code stream:
-//   keys:   lane (g = lane/4, c = lane%4) handles slots [c*D/4, (c+1)*D/4)
-//           of token g of each 8-token half tile; k-step s, register b0 holds
-//           slots c*D/4 + 4s + {0,1}, b1 holds + {2,3};
-//   values: n-tile j, column g is dimension g*D/8 + j.
-// Queries are split into fp16 hi + lo parts (two MMAs) so that rounding the
-// query costs nothing measurable; decoded keys are centroid x group norm
-// rounded to fp16, values are centroids in fp16 with the value norm folded
-// into the probabilities.
+// Roles are chosen so that no MMA lane is wasted on GQA groups of 8 and the
+// decode costs a few instructions per code:
+//   logits^T (tokens x rows) = K (tokens x slots) . Q^T (slots x rows):
+//     A = decoded keys (M = 16 tokens), B = rotated queries (N = 8 rows),
+//     kept in shared memory as ready-made fragments;
+//   out^T (dims x rows) = V^T (dims x tokens) . P^T (tokens x rows):
+//     A = decoded values (M = 16 dimensions), B = probabilities, which are
+//     the logits' accumulators transposed in registers (movmatrix).
+// Key slots are walked group by group (a group = one code width), each
+// group padded to whole 16-slot k-steps with zero query entries; the
+// width is a template argument inside a group, so bit offsets and masks
+// are constants, and each lane's 4 slots of a k-step are 4 consecutive
+// codes: one 32-bit window gives both pairs, one lookup per pair gives
+// their fp16 levels. A group's partial logits are scaled by its fp16 norm
+// in fp32. Index freedom used: the order of a dot product's terms is free,
+// so the MMA k index (key slots) and m index (value dimensions) are
+// assigned to keep each lane's codes contiguous in the stream:
+//   keys:   k-step s of group g covers slots f_s .. f_s + 15; lane
+//           (r = lane/4, c = lane%4) holds slots f_s + 4c .. 4c+3 (A: k =
+//           2c, 2c+1 -> +0, +1; k = 2c+8, 2c+9 -> +2, +3) of tokens r, r+8;
+//   values: m-tile j, row r is dimension r*D/8 + 2j, row r+8 is r*D/8+2j+1.
+// Keys reach the logits at fp32 accuracy: the query and each level are
+// split into fp16 hi + lo parts, three MMAs per k-step (hi.hi, lo.hi,
+// hi.lo). Values use fp16 levels with the value norm folded into P.
 #include <algorithm>
 #include <cfloat>
 #include <cuda_fp16.h>
@@ -32,11 +42,56 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kTile = 16;    // tokens per warp step (one MMA k-step of P.V)
-constexpr int kStages = 3;   // tiles in flight per warp
-constexpr int kRows = 16;    // query rows per pass (MMA m)
-constexpr int kPairLutMaxBits = 5;  // widths above this decode one code at a time
+constexpr int kHalfTile = 16;  // tokens per MMA m-tile; tiles never straddle a page at this granularity
+constexpr int kTile = 32;      // tokens per warp step
 constexpr float kLog2e = 1.4426950408889634f;
+
+// Decode tables, at offsets that are multiples of their size (placed
+// largest first) so that an index can be OR-ed into the offset. Narrow
+// widths are kept once per lane (entry e of lane l at e x 32 + l): their
+// few entries would otherwise make the 32 lanes of a lookup collide on a
+// few banks. Keys: one level per entry as {hi, lo} fp16 (4 bytes), per lane
+// for widths 1-4. Values: a pair of fp16 levels per entry (4 bytes) for
+// widths 1-5, per lane for 1-2; one fp16 level for widths 6-8.
+// *Shift: log2 of the entry stride, i.e. where an index must sit in the
+// window so that masking it yields its byte offset.
+__host__ __device__ constexpr bool KeyTablePerLane(int w) { return w <= 4; }
+__host__ __device__ constexpr int KeyShift(int w) { return KeyTablePerLane(w) ? 7 : 2; }
+__host__ __device__ constexpr int KeyTableBytes(int w) { return 4 << (w + KeyShift(w) - 2); }
+__host__ __device__ constexpr bool ValuePairTable(int v) { return v <= 5; }
+__host__ __device__ constexpr bool ValueTablePerLane(int v) { return v <= 2; }
+__host__ __device__ constexpr int ValueShift(int v) { return ValueTablePerLane(v) ? 7 : ValuePairTable(v) ? 2 : 1; }
+__host__ __device__ constexpr int ValueTableBytes(int v) {
+  return (ValuePairTable(v) ? 1 << (2 * v) : 1 << v) << ValueShift(v);
+}
+
+// Bytes of one head's tables (the placement leaves no gaps).
+__host__ __device__ inline int TableBytes(const int* key_bits, int num_groups, int value_bits) {
+  int bytes = ValueTableBytes(value_bits);
+  for (int g = 0; g < num_groups; ++g) bytes += KeyTableBytes(key_bits[g]);
+  return bytes;
+}
+
+// Places the tables largest first: offsets[g] for key group g,
+// offsets[kMaxGroups] for the values.
+__device__ inline void PlaceTables(const int* key_bits, int num_groups, int value_bits, int* offsets) {
+  int at = 0;
+  for (int size = 1 << 14; size >= 4; size >>= 1) {
+    for (int g = 0; g < num_groups; ++g) {
+      if (KeyTableBytes(key_bits[g]) == size) {
+        offsets[g] = at;
+        at += size;
+      }
+    }
+    if (ValueTableBytes(value_bits) == size) {
+      offsets[kMaxGroups] = at;
+      at += size;
+    }
+  }
+}
+
+__host__ __device__ constexpr int MaxSteps(int d) { return d / 16 + kMaxGroups; }
+__host__ __device__ constexpr int Stages(int d) { return 2; }
 
 __device__ __forceinline__ void Mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -46,79 +101,210 @@ __device__ __forceinline__ void Mma(float* c, const uint32_t* a, uint32_t b0, ui
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The 8x8 fp16 matrix held as one register per lane, transposed.
+__device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
   const __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
-__device__ __forceinline__ __half2 AsHalf2(uint32_t u) { return *reinterpret_cast<const __half2*>(&u); }
-__device__ __forceinline__ uint32_t AsU32(__half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
+__device__ __forceinline__ float HiPart(float x) { return __half2float(__float2half_rn(x)); }
 
 // 32 bits of the stream starting at bit `bit` (the buffer has a word of
 // padding after its last byte).
 __device__ __forceinline__ uint32_t BitsAt(const uint32_t* words, int bit) {
   const int w = bit >> 5;
-  return __funnelshift_r(words[w], words[w + 1], bit & 31);
+  return __funnelshift_r(words[w], words[w + 1], bit);
 }
 
-// Value tables: pairs of fp16 levels for narrow widths, single fp16
-// levels otherwise. Key tables carry each level as fp16 hi + lo (their sum
-// is the fp32 level to ~2^-22), so that keys reach the logits at fp32
-// accuracy: one word per level for wide groups, two (hi pair, lo pair) per
-// pair of levels for narrow ones.
-constexpr int kKeyPairLutMaxBits = 4;
-__host__ __device__ __forceinline__ int LutWords(int bits) {
-  return bits <= kPairLutMaxBits ? 1 << (2 * bits) : (1 << bits) / 2;
-}
-__host__ __device__ __forceinline__ int KeyLutWords(int bits) {
-  return bits <= kKeyPairLutMaxBits ? 2 << (2 * bits) : 1 << bits;
+__device__ __forceinline__ uint32_t Lds32(const unsigned char* base, uint32_t offset) {
+  return *reinterpret_cast<const uint32_t*>(base + offset);
 }
 
-__device__ void FillLut(uint32_t* lut, const float* centroids, int bits, int tid) {
+__device__ void FillKeyTable(unsigned char* table, const float* centroids, int bits, int tid) {
   const int levels = 1 << bits;
-  if (bits <= kPairLutMaxBits) {
-    for (int i = tid; i < levels * levels; i += kThreads) {
-      lut[i] = PackHalf2(centroids[i & (levels - 1)], centroids[i >> bits]);
-    }
-  } else {
-    for (int i = tid; i < levels / 2; i += kThreads) lut[i] = PackHalf2(centroids[2 * i], centroids[2 * i + 1]);
+  const int copies = KeyTablePerLane(bits) ? 32 : 1;
+  uint32_t* t = reinterpret_cast<uint32_t*>(table);
+  for (int i = tid; i < levels * copies; i += kThreads) {
+    const float a = centroids[i / copies], ah = HiPart(a);
+    t[i] = PackHalf2(ah, a - ah);
   }
 }
 
-__device__ __forceinline__ float HiPart(float x) { return __half2float(__float2half_rn(x)); }
-
-__device__ void FillKeyLut(uint32_t* lut, const float* centroids, int bits, int tid) {
+__device__ void FillValueTable(unsigned char* table, const float* centroids, int bits, int tid) {
   const int levels = 1 << bits;
-  if (bits <= kKeyPairLutMaxBits) {
-    for (int i = tid; i < levels * levels; i += kThreads) {
-      const float a = centroids[i & (levels - 1)], b = centroids[i >> bits];
-      const float ah = HiPart(a), bh = HiPart(b);
-      lut[2 * i] = PackHalf2(ah, bh);
-      lut[2 * i + 1] = PackHalf2(a - ah, b - bh);
+  if (ValuePairTable(bits)) {
+    const int copies = ValueTablePerLane(bits) ? 32 : 1;
+    uint32_t* t = reinterpret_cast<uint32_t*>(table);
+    for (int i = tid; i < levels * levels * copies; i += kThreads) {
+      const int e = i / copies;
+      t[i] = PackHalf2(centroids[e & (levels - 1)], centroids[e >> bits]);
     }
   } else {
-    for (int i = tid; i < levels; i += kThreads) {
-      const float a = centroids[i], ah = HiPart(a);
-      lut[i] = PackHalf2(ah, a - ah);
+    __half* t = reinterpret_cast<__half*>(table);
+    for (int i = tid; i < levels; i += kThreads) t[i] = __float2half_rn(centroids[i]);
+  }
+}
+
+// Logits of one key group: for each of its k-steps, the lane's 4
+// consecutive codes of tokens r, r+8 (m-tile 0) and r+16, r+24 (m-tile 1)
+// become A fragments (hi, lo); three MMAs per n-tile accumulate into gacc.
+// bit[u]: stream bit of the lane's first code of this group in token u,
+// minus KeyShift(W). base: the table's offset, plus lane x 4 for a
+// per-lane table.
+template <int W, int NT>
+__device__ __forceinline__ void KeyGroup(const uint32_t* words, const unsigned char* tables, uint32_t base,
+                                         const uint4* qf, int steps, const int (&bit)[4], float (&gacc)[2][NT][4]) {
+  constexpr int kShift = KeyShift(W);
+  constexpr uint32_t kMask = ((1u << W) - 1u) << kShift;
+  const int lane = threadIdx.x % 32;
+  for (int s = 0; s < steps; ++s) {
+    uint4 q[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) q[nt] = qf[(s * NT + nt) * 32 + lane];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      uint32_t a_hi[4], a_lo[4];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int b = bit[2 * mt + u] + s * 16 * W;
+        uint32_t e[4];
+        if constexpr (kShift + 4 * W <= 32) {  // one window holds the 4 codes
+          const uint32_t x = BitsAt(words, b);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) e[i] = Lds32(tables, ((x >> (i * W)) & kMask) | base);
+        } else {
+          const uint32_t x0 = BitsAt(words, b), x1 = BitsAt(words, b + 2 * W);
+          e[0] = Lds32(tables, (x0 & kMask) | base);
+          e[1] = Lds32(tables, ((x0 >> W) & kMask) | base);
+          e[2] = Lds32(tables, (x1 & kMask) | base);
+          e[3] = Lds32(tables, ((x1 >> W) & kMask) | base);
+        }
+        a_hi[u] = __byte_perm(e[0], e[1], 0x5410);
+        a_lo[u] = __byte_perm(e[0], e[1], 0x7632);
+        a_hi[u + 2] = __byte_perm(e[2], e[3], 0x5410);
+        a_lo[u + 2] = __byte_perm(e[2], e[3], 0x7632);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        Mma(gacc[mt][nt], a_hi, q[nt].x, q[nt].y);
+        Mma(gacc[mt][nt], a_hi, q[nt].z, q[nt].w);
+        Mma(gacc[mt][nt], a_lo, q[nt].x, q[nt].y);
+      }
     }
   }
 }
 
-// Two consecutive codes of `bits` bits each (the first in the low bits) as
-// a pair of fp16 levels.
-__device__ __forceinline__ uint32_t PairLevels(const uint32_t* lut, uint32_t v, int bits) {
-  if (bits <= kPairLutMaxBits) return lut[v & ((1u << (2 * bits)) - 1u)];
-  const __half* single = reinterpret_cast<const __half*>(lut);
-  const uint32_t mask = (1u << bits) - 1u;
-  return AsU32(__halves2half2(single[v & mask], single[(v >> bits) & mask]));
+template <int NT>
+__device__ __forceinline__ void KeyGroupAnyWidth(int w, const uint32_t* words, const unsigned char* tables,
+                                                 uint32_t base, const uint4* qf, int steps, const int (&bit)[4],
+                                                 float (&gacc)[2][NT][4]) {
+  switch (w) {
+    case 1: KeyGroup<1, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 2: KeyGroup<2, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 3: KeyGroup<3, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 4: KeyGroup<4, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 5: KeyGroup<5, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 6: KeyGroup<6, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 7: KeyGroup<7, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    default: KeyGroup<8, NT>(words, tables, base, qf, steps, bit, gacc); break;
+  }
 }
 
-// The same for keys, as hi and lo pairs.
-__device__ __forceinline__ uint2 KeyPairLevels(const uint32_t* lut, uint32_t v, int bits) {
-  if (bits <= kKeyPairLutMaxBits) return reinterpret_cast<const uint2*>(lut)[v & ((1u << (2 * bits)) - 1u)];
-  const uint32_t mask = (1u << bits) - 1u;
-  const uint32_t a = lut[v & mask], b = lut[(v >> bits) & mask];
-  return make_uint2(__byte_perm(a, b, 0x5410), __byte_perm(a, b, 0x7632));
+// Bits [off, off + 32) of a stream held as aligned words.
+template <int kOff, int N>
+__device__ __forceinline__ uint32_t FieldAt(const uint32_t (&a)[N]) {
+  constexpr int k = kOff / 32, sh = kOff % 32;
+  if constexpr (sh == 0) {
+    return a[k];
+  } else if constexpr (k + 1 < N) {
+    return __funnelshift_r(a[k], a[k + 1], sh);
+  } else {
+    return a[k] >> sh;
+  }
+}
+
+// Value pair j (dimensions 2j, 2j+1 of the lane's run) of one token as
+// half2 levels; `a` is the lane's run of codes, aligned at stream bit
+// -ValueShift(VB). base: the table's offset, plus lane x 4 for a per-lane
+// table.
+template <int VB, int J, int N>
+__device__ __forceinline__ uint32_t ValuePair(const unsigned char* tables, uint32_t base, const uint32_t (&a)[N]) {
+  constexpr int kShift = ValueShift(VB);
+  if constexpr (ValuePairTable(VB)) {
+    constexpr uint32_t kMask = ((1u << (2 * VB)) - 1u) << kShift;
+    return Lds32(tables, (FieldAt<2 * J * VB, N>(a) & kMask) | base);
+  } else {
+    constexpr uint32_t kMask = ((1u << VB) - 1u) << kShift;
+    const uint32_t f0 = FieldAt<2 * J * VB, N>(a), f1 = FieldAt<(2 * J + 1) * VB, N>(a);
+    const uint32_t l0 = *reinterpret_cast<const unsigned short*>(tables + ((f0 & kMask) | base));
+    const uint32_t l1 = *reinterpret_cast<const unsigned short*>(tables + ((f1 & kMask) | base));
+    return l0 | (l1 << 16);
+  }
+}
+
+template <int VB, int D>
+__host__ __device__ constexpr int ValueRunWords() { return (D / 8 * VB + ValueShift(VB) + 31) / 32; }
+
+template <int VB, int D, int NT, int J>
+__device__ __forceinline__ void ValueTiles(const unsigned char* tables, uint32_t base,
+                                           const uint32_t (&a)[4][ValueRunWords<VB, D>()],
+                                           const uint32_t (&pb)[NT][2], float (&acc)[D / 16][NT][4]) {
+  if constexpr (J < D / 16) {
+    constexpr int N = ValueRunWords<VB, D>();
+    uint32_t pr[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) pr[u] = ValuePair<VB, J, N>(tables, base, a[u]);
+    const uint32_t frag[4] = {__byte_perm(pr[0], pr[1], 0x5410), __byte_perm(pr[0], pr[1], 0x7632),
+                              __byte_perm(pr[2], pr[3], 0x5410), __byte_perm(pr[2], pr[3], 0x7632)};
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) Mma(acc[J][nt], frag, pb[nt][0], pb[nt][1]);
+    ValueTiles<VB, D, NT, J + 1>(tables, base, a, pb, acc);
+  }
+}
+
+// out^T += V^T P^T for one 16-token k-step: the lane decodes dimensions
+// r*D/8 .. (r+1)*D/8 of tokens 2c, 2c+1, 2c+8, 2c+9 of the step.
+// bit0: stream bit of that run in token 2c; rb_bits: record size.
+template <int VB, int D, int NT>
+__device__ __forceinline__ void ValueStep(const uint32_t* words, const unsigned char* tables, uint32_t base,
+                                          int bit0, int rb_bits, const uint32_t (&pb)[NT][2],
+                                          float (&acc)[D / 16][NT][4]) {
+  constexpr int N = ValueRunWords<VB, D>();
+  uint32_t a[4][N];
+  const int toks[4] = {0, 1, 8, 9};
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int b = bit0 - ValueShift(VB) + toks[u] * rb_bits;
+    const uint32_t* w = words + (b >> 5);
+    uint32_t raw[N + 1];
+#pragma unroll
+    for (int k = 0; k <= N; ++k) raw[k] = w[k];
+#pragma unroll
+    for (int k = 0; k < N; ++k) a[u][k] = __funnelshift_r(raw[k], raw[k + 1], b);
+  }
+  ValueTiles<VB, D, NT, 0>(tables, base | (ValueTablePerLane(VB) ? 4 * (threadIdx.x % 32) : 0), a, pb, acc);
+}
+
+template <int D, int NT>
+__device__ __forceinline__ void ValueStepAnyWidth(int vb, const uint32_t* words, const unsigned char* tables,
+                                                  uint32_t base, int bit0, int rb_bits, const uint32_t (&pb)[NT][2],
+                                                  float (&acc)[D / 16][NT][4]) {
+  switch (vb) {
+    case 1: ValueStep<1, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 2: ValueStep<2, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 3: ValueStep<3, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 4: ValueStep<4, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 5: ValueStep<5, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 6: ValueStep<6, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 7: ValueStep<7, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    default: ValueStep<8, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+  }
 }
 
 __device__ __forceinline__ void CpAsync16(void* smem, const void* global) {
@@ -129,112 +315,128 @@ __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Per-lane key pair descriptor: bit offset in the key code stream (12 bits),
-// width (4 bits), group (3 bits), lookup table word offset (13 bits).
-__device__ __forceinline__ uint32_t KeyPairInfo(const HeadPlanDevice& hp, int slot, const int* lut_base) {
-  const int g = GroupOf(hp, slot);
-  const int bit = hp.group_code_bit_offset[g] + (slot - hp.group_offset[g]) * hp.group_bits[g];
-  return static_cast<uint32_t>(bit) | (static_cast<uint32_t>(hp.group_bits[g]) << 12) |
-         (static_cast<uint32_t>(g) << 16) | (static_cast<uint32_t>(lut_base[g]) << 19);
+__host__ __device__ constexpr int StageBytes(int max_record_bytes) {
+  return (kTile * max_record_bytes + 16 + 15) / 16 * 16;
 }
 
-// One block: one split of one KV head of one item.
-template <int D>
+// Shared layout: decode tables | query fragments [MaxSteps][NT][32] uint4 |
+// per-warp tile stages (reused at the end to combine the warps).
+__host__ __device__ constexpr int TablesRegion(int table_bytes) { return (table_bytes + 15) / 16 * 16; }
+__host__ __device__ constexpr size_t SharedBytes(int d, int nt, int max_record_bytes, int table_bytes) {
+  const size_t tiles = static_cast<size_t>(kWarps) * Stages(d) * StageBytes(max_record_bytes);
+  const size_t combine = sizeof(float) * (2 * kWarps * 16 + static_cast<size_t>(kWarps) * 16 * d);
+  return TablesRegion(table_bytes) + static_cast<size_t>(MaxSteps(d)) * nt * 32 * 16 +
+         (tiles > combine ? tiles : combine);
+}
+
+// One block: one split of one KV head of one item; rows in passes of 8 NT.
+template <int D, int NT>
 __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int split, const int h) {
-  constexpr int kSteps = D / 16;      // MMA k-steps over the key slots
-  constexpr int kPairs = D / 8;       // key pairs per lane per token
-  constexpr int kDimTiles = D / 8;    // MMA n-tiles over value dimensions
-  extern __shared__ __align__(16) uint32_t smem_words[];
+  constexpr int kStages = Stages(D);
+  constexpr int kRowsPerPass = 8 * NT;
+  constexpr int kDimTiles = D / 16;
+  extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x;
-  const int warp = tid / 32, lane = tid % 32, g = lane / 4, c = lane % 4;
+  const int warp = tid / 32, lane = tid % 32, r = lane / 4, c = lane % 4;
   const HeadPlanDevice& hp = p.heads[h];
-  const int rb = hp.record_bytes;
-  // Record fields in registers: the barriers in the tile loop would
-  // otherwise make the compiler reload them from global memory.
-  const int key_codes_offset = hp.key_codes_offset, key_norms_offset = hp.key_norms_offset;
-  const int value_codes_offset = hp.value_codes_offset, value_norm_offset = hp.value_norm_offset;
+  // Plan and record fields in registers: the barriers in the tile loop
+  // would otherwise make the compiler reload them from global memory.
+  const int rb = hp.record_bytes, rb_bits = 8 * rb;
+  const int num_groups = hp.num_groups, vbits = hp.value_bits;
+  const int key_codes_bit = 8 * hp.key_codes_offset, key_norms_offset = hp.key_norms_offset;
+  const int value_codes_bit = 8 * hp.value_codes_offset, value_norm_offset = hp.value_norm_offset;
   const unsigned page_tokens = static_cast<unsigned>(p.cache.page_tokens);
   const long long head_offset = static_cast<long long>(p.cache.page_tokens) * hp.record_prefix;
 
-  // Shared layout: lookup tables | query fragments | per-warp tile buffers
-  // (reused at the end to combine the warps).
-  uint32_t* lut = smem_words;
-  uint32_t* qfrag = lut + (p.lut_words + 3) / 4 * 4;  // 16-byte aligned  // [kSteps][32 lanes][8]
-  uint32_t* kinfo_s = qfrag + kSteps * 32 * 8;  // [4][kPairs]
-  unsigned char* tiles = reinterpret_cast<unsigned char*>(kinfo_s + 4 * kPairs);
-  const int stage_bytes = (kTile * p.max_record_bytes + 16 + 15) / 16 * 16;
-  unsigned char* my_tiles = tiles + warp * kStages * stage_bytes;
+  unsigned char* tables = smem;
+  uint4* qfrag = reinterpret_cast<uint4*>(smem + TablesRegion(p.table_bytes));
+  unsigned char* stages = smem + TablesRegion(p.table_bytes) + MaxSteps(D) * NT * 32 * 16;
+  const int stage_bytes = StageBytes(p.max_record_bytes);
+  unsigned char* my_stages = stages + warp * kStages * stage_bytes;
 
-  int lut_base[kMaxGroups + 1];
-  {
-    int at = 0;
-    for (int k = 0; k < hp.num_groups; ++k) {
-      lut_base[k] = at;
-      FillKeyLut(lut + at, hp.centroids[k], hp.group_bits[k], tid);
-      at += KeyLutWords(hp.group_bits[k]);
-    }
-    lut_base[kMaxGroups] = at;
-    FillLut(lut + at, hp.value_centroids, hp.value_bits, tid);
+  // Table offsets in shared memory: indexed by group in the tile loop,
+  // they would otherwise live in local memory.
+  __shared__ int key_table_offset[kMaxGroups + 1];  // + the value table's
+  if (tid == 0) PlaceTables(hp.group_bits, num_groups, vbits, key_table_offset);
+  __syncthreads();
+  const int value_table_offset = key_table_offset[kMaxGroups];
+  for (int k = 0; k < num_groups; ++k) {
+    FillKeyTable(tables + key_table_offset[k], hp.centroids[k], hp.group_bits[k], tid);
   }
-  const uint32_t* vlut = lut + lut_base[kMaxGroups];
-  const int vbits = hp.value_bits;
-  // Key pair descriptors per lane class c (kept in shared memory: in
-  // registers they cost more than the loads).
-  for (int e = tid; e < 4 * kPairs; e += kThreads) {
-    kinfo_s[e] = KeyPairInfo(hp, (e / kPairs) * (D / 4) + 2 * (e % kPairs), lut_base);
-  }
-  const uint32_t* kinfo = kinfo_s + c * kPairs;
+  FillValueTable(tables + value_table_offset, hp.value_centroids, vbits, tid);
 
   const long long begin = p.token_begin + split * p.tokens_per_split;
   const long long end = min(p.token_end, begin + p.tokens_per_split);
-  const long long first_tile = begin / kTile * kTile;
+  const long long first_tile = begin / kHalfTile * kHalfTile;
   const int num_tiles = static_cast<int>((end - first_tile + kTile - 1) / kTile);
   const int my_tiles_count = num_tiles > warp ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
-  const bool even_records = (rb & 1) == 0;
 
   auto issue = [&](int k) {  // k-th tile of this warp into stage k % kStages
     if (k < my_tiles_count) {
       const long long t0 = first_tile + static_cast<long long>(warp + k * kWarps) * kTile;
-      // Token positions fit in 32 bits (checked on the host): 32-bit division.
-      const unsigned t = static_cast<unsigned>(t0);
-      const uint8_t* src = p.cache.pages[t / page_tokens] + head_offset + (t % page_tokens) * rb;
-      unsigned char* dst = my_tiles + (k % kStages) * stage_bytes;
-      for (int i = lane; i < rb; i += 32) CpAsync16(dst + 16 * i, src + 16 * i);  // 16 * rb bytes
+      unsigned char* dst = my_stages + (k % kStages) * stage_bytes;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const long long th = t0 + half * kHalfTile;
+        if (th < end) {  // a half tile never straddles a page; beyond `end` there may be no page
+          // Token positions fit in 32 bits (checked on the host): 32-bit division.
+          const unsigned t = static_cast<unsigned>(th);
+          const uint8_t* src = p.cache.pages[t / page_tokens] + head_offset + (t % page_tokens) * rb;
+          for (int i = lane; i < rb; i += 32) CpAsync16(dst + half * kHalfTile * rb + 16 * i, src + 16 * i);
+        }
+      }
     }
     CpAsyncCommit();
   };
 
-  for (int row0 = 0; row0 < p.rows; row0 += kRows) {
-    __syncthreads();  // previous pass done with qfrag and the tile buffers
-    for (int e = tid; e < kSteps * 32; e += kThreads) {
-      const int s = e / 32, l = e % 32, lg = l / 4, lc = l % 4;
-      const int slot = lc * (D / 4) + 4 * s;
-      uint32_t* f = qfrag + e * 8;
+  for (int row0 = 0; row0 < p.rows; row0 += kRowsPerPass) {
+    __syncthreads();  // tables written; previous pass done with qfrag and the stages
+    // Query fragments: k-step s of group g, n-tile nt, lane (r, c): row
+    // row0 + 8 nt + r, slots f_s + 4c + {0,1} (b0) and {2,3} (b1), hi and
+    // lo, pre-scaled by scale x log2(e) so logits come out in log2 units.
+    {
+      const float qscale = p.scale * kLog2e;
+      int s_base = 0;
+      for (int g = 0; g < num_groups; ++g) {
+        const int g_off = hp.group_offset[g], g_dim = hp.group_dim[g];
+        const int steps = (g_dim + 15) / 16;
+        for (int e = tid; e < steps * NT * 32; e += kThreads) {
+          const int s = e / (NT * 32), nt = (e / 32) % NT, l = e % 32;
+          const int row = row0 + nt * 8 + l / 4;
+          const int first = s * 16 + 4 * (l % 4);  // slot within the group
+          float x[4];
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {    // a0/a1: slots +0,1; a2/a3: +2,3
-#pragma unroll
-        for (int upper = 0; upper < 2; ++upper) {  // row g, row g + 8
-          const int r = row0 + lg + 8 * upper;
-          float x0 = 0.0f, x1 = 0.0f;
-          if (r < p.rows) {
-            const float* q = p.rotated + (static_cast<long long>(h) * p.rows + r) * D + slot + 2 * half;
-            x0 = q[0];
-            x1 = q[1];
+          for (int i = 0; i < 4; ++i) {
+            const bool ok = row < p.rows && first + i < g_dim;
+            x[i] = ok ? qscale * p.rotated[(static_cast<long long>(h) * p.rows + row) * D + g_off + first + i] : 0.0f;
           }
-          const float h0 = __half2float(__float2half_rn(x0)), h1 = __half2float(__float2half_rn(x1));
-          f[2 * half + upper] = PackHalf2(h0, h1);
-          f[4 + 2 * half + upper] = PackHalf2(x0 - h0, x1 - h1);
+          float hi[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) hi[i] = HiPart(x[i]);
+          qfrag[(s_base + s) * NT * 32 + nt * 32 + l] =
+              make_uint4(PackHalf2(hi[0], hi[1]), PackHalf2(hi[2], hi[3]), PackHalf2(x[0] - hi[0], x[1] - hi[1]),
+                         PackHalf2(x[2] - hi[2], x[3] - hi[3]));
         }
+        s_base += steps;
       }
     }
     __syncthreads();
 
-    float acc[kDimTiles][4];
+    float acc[kDimTiles][NT][4];
 #pragma unroll
-    for (int j = 0; j < kDimTiles; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-    float m[2] = {-FLT_MAX, -FLT_MAX};  // running max (log2 units) of rows g, g + 8
-    float l[2] = {0.0f, 0.0f};          // this lane's part of the running sum
-    const int q_i[2] = {(row0 + g) % p.q_len, (row0 + g + 8) % p.q_len};
+    for (int j = 0; j < kDimTiles; ++j)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) acc[j][nt][0] = acc[j][nt][1] = acc[j][nt][2] = acc[j][nt][3] = 0.0f;
+    float m[NT][2], l[NT][2];  // running max (log2 units) and this lane's part of the sum, rows 2c, 2c+1
+    int q_i[NT][2];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int x = 0; x < 2; ++x) {
+        m[nt][x] = -FLT_MAX;
+        l[nt][x] = 0.0f;
+        q_i[nt][x] = (row0 + nt * 8 + 2 * c + x) % p.q_len;
+      }
 
 #pragma unroll
     for (int k = 0; k < kStages - 1; ++k) issue(k);
@@ -242,205 +444,191 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
       issue(k + kStages - 1);
       CpAsyncWait<kStages - 1>();
       __syncwarp();
-      const uint32_t* words = reinterpret_cast<const uint32_t*>(my_tiles + (k % kStages) * stage_bytes);
+      const unsigned char* stage = my_stages + (k % kStages) * stage_bytes;
+      const uint32_t* words = reinterpret_cast<const uint32_t*>(stage);
       const long long t0 = first_tile + static_cast<long long>(warp + k * kWarps) * kTile;
 
-      // Logits S (16 rows x 16 tokens) = Q K^T.
-      float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+      // Logits^T (32 tokens x 8 NT rows), group by group.
+      const int toks[4] = {r, r + 8, r + 16, r + 24};
+      float s[2][NT][4];
 #pragma unroll
-      for (int st = 0; st < kSteps; ++st) {
-        const uint4* fq = reinterpret_cast<const uint4*>(qfrag + (st * 32 + lane) * 8);
-        const uint4 hi4 = fq[0], lo4 = fq[1];
-        const uint32_t q_hi[4] = {hi4.x, hi4.y, hi4.z, hi4.w}, q_lo[4] = {lo4.x, lo4.y, lo4.z, lo4.w};
+      for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const int tok = nt * 8 + g;
-          const int rec_bit = tok * rb * 8;
-          const int code_bit = rec_bit + key_codes_offset * 8;
-          uint32_t b[2], b_lo[2];
+        for (int nt = 0; nt < NT; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+      int s_base = 0;
+      for (int g = 0; g < num_groups; ++g) {
+        const int w = hp.group_bits[g];
+        const int steps = (hp.group_dim[g] + 15) / 16;
+        const bool per_lane = KeyTablePerLane(w);
+        const int lane_bit = key_codes_bit + hp.group_code_bit_offset[g] + 4 * c * w - KeyShift(w);
+        const uint32_t base = key_table_offset[g] | (per_lane ? 4 * lane : 0);
+        int bit[4];
 #pragma unroll
-          for (int x = 0; x < 2; ++x) {
-            const uint32_t info = kinfo[2 * st + x];
-            const int bits = (info >> 12) & 15, grp = (info >> 16) & 7;
-            const uint32_t v = BitsAt(words, code_bit + static_cast<int>(info & 4095));
-            const uint2 levels = KeyPairLevels(lut + (info >> 19), v, bits);
-            const int norm_byte = tok * rb + key_norms_offset + 2 * grp;
-            const uint32_t nb = even_records
-                                    ? reinterpret_cast<const unsigned short*>(words)[norm_byte >> 1]
-                                    : BitsAt(words, norm_byte * 8) & 0xFFFFu;
-            const __half2 n2 = AsHalf2(nb | (nb << 16));
-            // key = level x norm as hi + lo: the fma recovers the rounding
-            // error of the product, the second fma adds the level's lo part.
-            const __half2 hi = __hmul2(AsHalf2(levels.x), n2);
-            const __half2 lo = __hfma2(AsHalf2(levels.y), n2, __hfma2(AsHalf2(levels.x), n2, __hneg2(hi)));
-            b[x] = AsU32(hi);
-            b_lo[x] = AsU32(lo);
+        for (int u = 0; u < 4; ++u) bit[u] = toks[u] * rb_bits + lane_bit;
+        float gacc[2][NT][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) gacc[mt][nt][0] = gacc[mt][nt][1] = gacc[mt][nt][2] = gacc[mt][nt][3] = 0.0f;
+        KeyGroupAnyWidth<NT>(w, words, tables, base, qfrag + s_base * NT * 32, steps, bit, gacc);
+        s_base += steps;
+        const unsigned short* norms = reinterpret_cast<const unsigned short*>(stage + key_norms_offset + 2 * g);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          // Records are an even number of bytes, so norms are 2-byte aligned.
+          const float n0 = __half2float(__ushort_as_half(norms[(toks[2 * mt] * rb) >> 1]));
+          const float n1 = __half2float(__ushort_as_half(norms[(toks[2 * mt + 1] * rb) >> 1]));
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            s[mt][nt][0] = fmaf(n0, gacc[mt][nt][0], s[mt][nt][0]);
+            s[mt][nt][1] = fmaf(n0, gacc[mt][nt][1], s[mt][nt][1]);
+            s[mt][nt][2] = fmaf(n1, gacc[mt][nt][2], s[mt][nt][2]);
+            s[mt][nt][3] = fmaf(n1, gacc[mt][nt][3], s[mt][nt][3]);
           }
-          Mma(s[nt], q_hi, b[0], b[1]);
-          Mma(s[nt], q_lo, b[0], b[1]);
-          Mma(s[nt], q_hi, b_lo[0], b_lo[1]);
         }
       }
 
-      // Online softmax in log2 units; masked or padded tokens get -inf.
+      // Online softmax in log2 units; masked or padded tokens get -inf
+      // (selected, so that whatever bytes a padded record holds never
+      // reach the sums), and a zero value norm.
       float vnorm[2][2];
-      bool visible[2][2][2];  // [nt][column][upper]
+      bool in_range[2][2];
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int tok = toks[2 * mt + u];
+          const long long t = t0 + tok;
+          in_range[mt][u] = t >= begin && t < end;
+          const unsigned short nb = *reinterpret_cast<const unsigned short*>(stage + tok * rb + value_norm_offset);
+          vnorm[mt][u] = in_range[mt][u] ? __half2float(__ushort_as_half(nb)) : 0.0f;
+        }
+      bool grew = false;
+      float alpha[NT][2];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
         for (int x = 0; x < 2; ++x) {
-          const int tok = nt * 8 + 2 * c + x;
-          const long long t = t0 + tok;
-          const bool in_range = t >= begin && t < end;
-          const int nbyte = tok * rb + value_norm_offset;
-          const uint32_t nb = even_records ? reinterpret_cast<const unsigned short*>(words)[nbyte >> 1]
-                                           : BitsAt(words, nbyte * 8) & 0xFFFFu;
-          vnorm[nt][x] = in_range ? __half2float(__ushort_as_half(static_cast<unsigned short>(nb))) : 0.0f;
+          float mx = -FLT_MAX;
 #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            visible[nt][x][u] = in_range && (!p.causal || t <= p.causal_offset + q_i[u]);
-          }
+          for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              const long long t = t0 + toks[2 * mt + u];
+              const bool visible = in_range[mt][u] && (!p.causal || t <= p.causal_offset + q_i[nt][x]);
+              float& v = s[mt][nt][2 * u + x];
+              v = visible ? v : -INFINITY;
+              mx = fmaxf(mx, v);
+            }
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+          const float new_m = fmaxf(m[nt][x], mx);
+          alpha[nt][x] = exp2f(m[nt][x] - new_m);
+          grew |= new_m > m[nt][x];
+          m[nt][x] = new_m;
+          float sum = 0.0f;
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int u = 0; u < 2; ++u) {
+              float& v = s[mt][nt][2 * u + x];
+              v = exp2f(v - new_m);  // exp2(-inf) = 0 for masked tokens
+              sum += v;
+            }
+          l[nt][x] = l[nt][x] * alpha[nt][x] + sum;
         }
       }
-      float alpha[2];
+      if (__any_sync(0xffffffffu, grew)) {  // the max settles early: most tiles skip the rescale
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        float mx = -FLT_MAX;
+        for (int j = 0; j < kDimTiles; ++j)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-          for (int x = 0; x < 2; ++x) {
-            float& v = s[nt][2 * u + x];
-            v = visible[nt][x][u] ? v * p.scale * kLog2e : -INFINITY;
-            mx = fmaxf(mx, v);
+          for (int nt = 0; nt < NT; ++nt) {
+            acc[j][nt][0] *= alpha[nt][0];
+            acc[j][nt][1] *= alpha[nt][1];
+            acc[j][nt][2] *= alpha[nt][0];
+            acc[j][nt][3] *= alpha[nt][1];
           }
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float new_m = fmaxf(m[u], mx);
-        alpha[u] = exp2f(m[u] - new_m);
-        m[u] = new_m;
-        float sum = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-          for (int x = 0; x < 2; ++x) {
-            float& v = s[nt][2 * u + x];
-            v = exp2f(v - new_m);  // exp2(-inf) = 0 for masked tokens
-            sum += v;
-          }
-        }
-        l[u] = l[u] * alpha[u] + sum;
       }
-#pragma unroll
-      for (int j = 0; j < kDimTiles; ++j) {
-        acc[j][0] *= alpha[0];
-        acc[j][1] *= alpha[0];
-        acc[j][2] *= alpha[1];
-        acc[j][3] *= alpha[1];
-      }
-      // P with the value norms folded in, as the A operand (rows x tokens).
-      uint32_t pa[4];
-      pa[0] = PackHalf2(s[0][0] * vnorm[0][0], s[0][1] * vnorm[0][1]);
-      pa[1] = PackHalf2(s[0][2] * vnorm[0][0], s[0][3] * vnorm[0][1]);
-      pa[2] = PackHalf2(s[1][0] * vnorm[1][0], s[1][1] * vnorm[1][1]);
-      pa[3] = PackHalf2(s[1][2] * vnorm[1][0], s[1][3] * vnorm[1][1]);
 
-      // Value sum: acc (rows x dims) += P V. B operand: tokens 2c, 2c+1
-      // (b0) and 2c+8, 2c+9 (b1) at dimension g*D/8 + j.
-      const int toks[4] = {2 * c, 2 * c + 1, 2 * c + 8, 2 * c + 9};
-      int vbit[4];
+      // Values, one 16-token k-step per m-tile of the logits: P^T with the
+      // value norms folded in, transposed into the B operand.
 #pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        vbit[x] = (toks[x] * rb + value_codes_offset) * 8 + g * (D / 8) * vbits;
-      }
+      for (int mt = 0; mt < 2; ++mt) {
+        uint32_t pb[NT][2];
 #pragma unroll
-      for (int j = 0; j < kDimTiles; j += 2) {
-        uint32_t pair[4];
-#pragma unroll
-        for (int x = 0; x < 4; ++x) pair[x] = PairLevels(vlut, BitsAt(words, vbit[x] + j * vbits), vbits);
-        // pair[x] holds dims j, j+1 of token x; regroup by dimension.
-        const uint32_t b0j = __byte_perm(pair[0], pair[1], 0x5410), b1j = __byte_perm(pair[2], pair[3], 0x5410);
-        const uint32_t b0n = __byte_perm(pair[0], pair[1], 0x7632), b1n = __byte_perm(pair[2], pair[3], 0x7632);
-        Mma(acc[j], pa, b0j, b1j);
-        Mma(acc[j + 1], pa, b0n, b1n);
+        for (int nt = 0; nt < NT; ++nt) {
+          pb[nt][0] = Transpose8x8(PackHalf2(s[mt][nt][0] * vnorm[mt][0], s[mt][nt][1] * vnorm[mt][0]));
+          pb[nt][1] = Transpose8x8(PackHalf2(s[mt][nt][2] * vnorm[mt][1], s[mt][nt][3] * vnorm[mt][1]));
+        }
+        const int bit0 = (mt * 16 + 2 * c) * rb_bits + value_codes_bit + r * (D / 8) * vbits;
+        ValueStepAnyWidth<D, NT>(vbits, words, tables, value_table_offset, bit0, rb_bits, pb, acc);
       }
       __syncwarp();  // the stage is refilled by the next issue
     }
     CpAsyncWait<0>();
 
-    // Combine the four warps' states through shared memory (the tile
-    // buffers are free now), then write this split's rows.
+    // Combine the four warps' states through shared memory (the stages
+    // are free now), then write this split's rows.
     __syncthreads();
-    float* cm = reinterpret_cast<float*>(tiles);  // [kWarps][kRows] max
-    float* cl = cm + kWarps * kRows;               // [kWarps][kRows] sum
-    float* co = cl + kWarps * kRows;               // [kWarps][kRows][D]
+    float* cm = reinterpret_cast<float*>(stages);  // [kWarps][16] max
+    float* cl = cm + kWarps * 16;                   // [kWarps][16] sum
+    float* co = cl + kWarps * 16;                   // [kWarps][16][D]
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      float lu = l[u];
-      lu += __shfl_xor_sync(0xffffffffu, lu, 1);
-      lu += __shfl_xor_sync(0xffffffffu, lu, 2);
-      if (c == 0) {
-        cm[warp * kRows + g + 8 * u] = m[u];
-        cl[warp * kRows + g + 8 * u] = lu;
-      }
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
-      for (int j = 0; j < kDimTiles; ++j) {
+      for (int x = 0; x < 2; ++x) {
+        float lx = l[nt][x];
+        lx += __shfl_xor_sync(0xffffffffu, lx, 4);
+        lx += __shfl_xor_sync(0xffffffffu, lx, 8);
+        lx += __shfl_xor_sync(0xffffffffu, lx, 16);
+        const int row = nt * 8 + 2 * c + x;
+        if (r == 0) {
+          cm[warp * 16 + row] = m[nt][x];
+          cl[warp * 16 + row] = lx;
+        }
 #pragma unroll
-        for (int x = 0; x < 2; ++x) {
-          const int dim = (2 * c + x) * (D / 8) + j;
-          co[(warp * kRows + g + 8 * u) * D + dim] = acc[j][2 * u + x];
+        for (int j = 0; j < kDimTiles; ++j) {
+          const int dim = r * (D / 8) + 2 * j;
+          co[(warp * 16 + row) * D + dim] = acc[j][nt][x];
+          co[(warp * 16 + row) * D + dim + 1] = acc[j][nt][2 + x];
         }
       }
     }
     __syncthreads();
-    const int nrows = min(kRows, p.rows - row0);
+    const int nrows = min(kRowsPerPass, p.rows - row0);
     for (int e = tid; e < nrows * D; e += kThreads) {
-      const int r = e / D, dim = e % D;
+      const int rr = e / D, dim = e % D;
       float mm = -FLT_MAX;
-      for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, cm[w * kRows + r]);
+      for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, cm[w * 16 + rr]);
       float lsum = 0.0f, o = 0.0f;
       for (int w = 0; w < kWarps; ++w) {
-        const float f = exp2f(cm[w * kRows + r] - mm);
-        lsum += f * cl[w * kRows + r];
-        o += f * co[(w * kRows + r) * D + dim];
+        const float f = exp2f(cm[w * 16 + rr] - mm);
+        lsum += f * cl[w * 16 + rr];
+        o += f * co[(w * 16 + rr) * D + dim];
       }
-      const long long out = (static_cast<long long>(h) * p.num_splits + split) * p.rows + row0 + r;
+      const long long out = (static_cast<long long>(h) * p.num_splits + split) * p.rows + row0 + rr;
       p.partial_out[out * D + dim] = lsum > 0.0f ? o / lsum : 0.0f;
       if (dim == 0) p.partial_lse[out] = lsum > 0.0f ? (mm + log2f(lsum)) / kLog2e : -INFINITY;
     }
   }
 }
 
-template <int D>
-__global__ void __launch_bounds__(kThreads, D <= 128 ? 3 : 1) AttendMmaKernel(AttendParams p) {
-  AttendMmaBlock<D>(p, blockIdx.x, blockIdx.y);
+template <int D, int NT>
+__global__ void __launch_bounds__(kThreads) AttendMmaKernel(const __grid_constant__ AttendParams p) {
+  AttendMmaBlock<D, NT>(p, blockIdx.x, blockIdx.y);
 }
 
 // A batch of items of one shape (head_dim, KV heads, rows); blockIdx.z is
 // the item, and items with fewer splits than the grid leave the rest idle.
-template <int D>
-__global__ void __launch_bounds__(kThreads, D <= 128 ? 3 : 1) AttendMmaBatchKernel(const AttendParams* items) {
-  const AttendParams p = items[blockIdx.z];
+template <int D, int NT>
+__global__ void __launch_bounds__(kThreads) AttendMmaBatchKernel(const AttendParams* items) {
+  const AttendParams& p = items[blockIdx.z];
   if (static_cast<int>(blockIdx.x) >= p.num_splits) return;
-  AttendMmaBlock<D>(p, blockIdx.x, blockIdx.y);
+  AttendMmaBlock<D, NT>(p, blockIdx.x, blockIdx.y);
 }
 
-}  // namespace
-
-int AttendMmaLutWords(int bits, bool key) { return key ? KeyLutWords(bits) : LutWords(bits); }
-
-bool AttendMmaSupports(int head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
-
-size_t AttendMmaSharedBytes(int head_dim, int max_record_bytes, int lut_words) {
-  const size_t stage = (kTile * max_record_bytes + 16 + 15) / 16 * 16;
-  const size_t tiles = static_cast<size_t>(kWarps) * kStages * stage;
-  const size_t combine = sizeof(float) * (2 * kWarps * kRows + static_cast<size_t>(kWarps) * kRows * head_dim);
-  return 4 * (static_cast<size_t>(lut_words + 3) / 4 * 4 + (head_dim / 16) * 32 * 8 + 4 * (head_dim / 8)) +
-         std::max(tiles, combine);
-}
-
-namespace {
+int RowTiles(int rows) { return rows > 8 ? 2 : 1; }
 
 // Launches kernel<<<grid, kThreads, smem>>>(arg), opting in to more than
 // 48 KB of dynamic shared memory when needed (Hopper: up to 227 KB).
@@ -457,27 +645,46 @@ cudaError_t LaunchWithSharedMemory(Kernel kernel, dim3 grid, size_t smem, cudaSt
 
 }  // namespace
 
+int AttendMmaTableBytes(const int* key_bits, int num_groups, int value_bits) {
+  return TableBytes(key_bits, num_groups, value_bits);
+}
+
+bool AttendMmaSupports(int head_dim, int rows, int max_record_bytes, int table_bytes) {
+  if (head_dim != 64 && head_dim != 128 && head_dim != 256) return false;
+  return SharedBytes(head_dim, RowTiles(rows), max_record_bytes, table_bytes) <= 227 * 1024;
+}
+
 cudaError_t LaunchAttendMmaBatch(const AttendParams* device_items, const AttendBatchShape& b,
                                  cudaStream_t stream) {
-  const size_t smem = AttendMmaSharedBytes(b.head_dim, b.max_record_bytes, b.lut_words);
+  const int nt = RowTiles(b.rows);
+  const size_t smem = SharedBytes(b.head_dim, nt, b.max_record_bytes, b.table_bytes);
   const dim3 grid(b.max_splits, b.num_kv_heads, b.num_items);
-  switch (b.head_dim) {
-    case 64: return LaunchWithSharedMemory(AttendMmaBatchKernel<64>, grid, smem, stream, device_items);
-    case 128: return LaunchWithSharedMemory(AttendMmaBatchKernel<128>, grid, smem, stream, device_items);
-    case 256: return LaunchWithSharedMemory(AttendMmaBatchKernel<256>, grid, smem, stream, device_items);
-    default: return cudaErrorInvalidValue;
-  }
+#define ROPEKV_LAUNCH_BATCH(D, NT) \
+  if (b.head_dim == D && nt == NT) return LaunchWithSharedMemory(AttendMmaBatchKernel<D, NT>, grid, smem, stream, device_items)
+  ROPEKV_LAUNCH_BATCH(64, 1);
+  ROPEKV_LAUNCH_BATCH(64, 2);
+  ROPEKV_LAUNCH_BATCH(128, 1);
+  ROPEKV_LAUNCH_BATCH(128, 2);
+  ROPEKV_LAUNCH_BATCH(256, 1);
+  ROPEKV_LAUNCH_BATCH(256, 2);
+#undef ROPEKV_LAUNCH_BATCH
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t LaunchAttendMma(const AttendParams& p, cudaStream_t stream) {
-  const size_t smem = AttendMmaSharedBytes(p.head_dim, p.max_record_bytes, p.lut_words);
+  const int nt = RowTiles(p.rows);
+  const size_t smem = SharedBytes(p.head_dim, nt, p.max_record_bytes, p.table_bytes);
   const dim3 grid(p.num_splits, p.num_kv_heads);
-  switch (p.head_dim) {
-    case 64: return LaunchWithSharedMemory(AttendMmaKernel<64>, grid, smem, stream, p);
-    case 128: return LaunchWithSharedMemory(AttendMmaKernel<128>, grid, smem, stream, p);
-    case 256: return LaunchWithSharedMemory(AttendMmaKernel<256>, grid, smem, stream, p);
-    default: return cudaErrorInvalidValue;
-  }
+#define ROPEKV_LAUNCH_ONE(D, NT) \
+  if (p.head_dim == D && nt == NT) return LaunchWithSharedMemory(AttendMmaKernel<D, NT>, grid, smem, stream, p)
+  ROPEKV_LAUNCH_ONE(64, 1);
+  ROPEKV_LAUNCH_ONE(64, 2);
+  ROPEKV_LAUNCH_ONE(128, 1);
+  ROPEKV_LAUNCH_ONE(128, 2);
+  ROPEKV_LAUNCH_ONE(256, 1);
+  ROPEKV_LAUNCH_ONE(256, 2);
+#undef ROPEKV_LAUNCH_ONE
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace ropekv::kernels::cuda

@@ -76,8 +76,20 @@ struct DevicePlan {
   int head_dim = 0;
   int max_record_bytes = 0;
   int max_levels = 0;
-  int lut_words = 0;  // tensor-core path decode tables, max over heads
+  int table_bytes = 0;  // tensor-core kernel's decode tables, max over heads
 };
+
+// Shared memory the tensor-core kernel's decode tables take, max over heads.
+int MmaTableBytes(const planner::LayerPlan& plan) {
+  int bytes = 0;
+  for (const planner::HeadPlan& hp : plan.heads) {
+    int bits[dev::kMaxGroups] = {};
+    const int n = std::min<int>(hp.key_groups.size(), dev::kMaxGroups);
+    for (int g = 0; g < n; ++g) bits[g] = hp.key_groups[g].bits;
+    bytes = std::max(bytes, dev::AttendMmaTableBytes(bits, n, hp.value_bits));
+  }
+  return bytes;
+}
 
 uint64_t Fingerprint(const planner::LayerPlan& plan) {
   uint64_t h = 0xcbf29ce484222325ull;
@@ -282,14 +294,15 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
-  // The tensor-core kernel needs 16-token tiles that never straddle a page
-  // and 16-byte aligned pages; anything else takes the scalar kernel. Its
-  // cost per token hardly depends on the query rows (up to 16) while the
-  // scalar kernel's grows with them: measured on the H200, the scalar
-  // kernel is ahead only for 4 rows or fewer beyond ~64K tokens.
-  static bool MmaEligible(int head_dim, const PagedLayerView& cache, int64_t begin, int64_t end, int rows) {
-    return dev::AttendMmaSupports(head_dim) && cache.page_tokens % 16 == 0 && end < (int64_t{1} << 31) &&
-           (rows > 4 || end - begin <= 65536) &&
+  // The tensor-core kernel needs 16-token tiles that never straddle a page,
+  // 16-byte aligned pages and tiles that fit in shared memory; anything
+  // else takes the scalar kernel.
+  static bool MmaEligible(const planner::LayerPlan& plan, const PagedLayerView& cache, int64_t end, int rows) {
+    int max_record_bytes = 0;
+    for (const planner::HeadPlan& hp : plan.heads) max_record_bytes = std::max(max_record_bytes, hp.layout.record_bytes);
+    return dev::AttendMmaSupports(plan.heads[0].head_dim, rows, max_record_bytes, MmaTableBytes(plan)) &&
+           cache.page_tokens % 16 == 0 &&
+           end < (int64_t{1} << 31) &&
            std::all_of(cache.pages, cache.pages + cache.num_pages, [](const uint8_t* page) {
              return reinterpret_cast<uintptr_t>(page) % 16 == 0;
            });
@@ -299,9 +312,9 @@ class CudaBackend final : public Backend {
   // the whole launch (`items` items of the same size), each block with
   // enough tiles to amortise its set-up (decode tables, query fragments).
   std::pair<int64_t, int64_t> Splits(int64_t tokens, int num_kv, bool mma, int items) const {
-    const int64_t tile = mma ? 64 : 128;  // tokens: a tile per warp at least
+    const int64_t tile = 128;  // tokens: a tile per warp at least
     const int64_t tiles = std::max<int64_t>(1, (tokens + tile - 1) / tile);
-    const int64_t waves = mma ? 3 : 8;
+    const int64_t waves = mma ? 4 : 8;
     const int64_t blocks = std::max<int64_t>(1, (waves * sm_count_ + int64_t{num_kv} * items - 1) / (int64_t{num_kv} * items));
     int64_t splits = std::min<int64_t>({tiles, int64_t{dev::kMaxSplits}, blocks});
     const int64_t per_split = ((tiles + splits - 1) / splits) * tile;
@@ -330,7 +343,7 @@ class CudaBackend final : public Backend {
       ends[i] = *end;
       const int num_kv = static_cast<int>(it.plan->heads.size()), d = it.plan->heads[0].head_dim;
       const int rows = it.params.num_q_heads / num_kv * it.params.q_len;
-      if (MmaEligible(d, it.cache, it.params.token_begin, *end, rows)) {
+      if (MmaEligible(*it.plan, it.cache, *end, rows)) {
         groups[{d, num_kv, rows}].push_back(i);
       } else {
         singles.push_back(i);
@@ -375,7 +388,7 @@ class CudaBackend final : public Backend {
       total_pages += it.cache.num_pages;
       shape.max_splits = std::max(shape.max_splits, static_cast<int>(splits[k]));
       shape.max_record_bytes = std::max(shape.max_record_bytes, (*dp)->max_record_bytes);
-      shape.lut_words = std::max(shape.lut_words, (*dp)->lut_words);
+      shape.table_bytes = std::max(shape.table_bytes, (*dp)->table_bytes);
     }
     const size_t params_bytes = n * (sizeof(dev::RotateQueryParams) + sizeof(dev::AttendParams) + sizeof(dev::MergeParams));
     const size_t pages_bytes = static_cast<size_t>(std::max<int64_t>(1, total_pages)) * sizeof(uint8_t*);
@@ -430,7 +443,7 @@ class CudaBackend final : public Backend {
       a.tokens_per_split = per_split[k];
       a.max_record_bytes = plans[k]->max_record_bytes;
       a.max_levels = plans[k]->max_levels;
-      a.lut_words = plans[k]->lut_words;
+      a.table_bytes = plans[k]->table_bytes;
       a.partial_out = po;
       a.partial_lse = pl;
       mp[k] = dev::MergeParams{plans[k]->heads, num_kv, d, group, q_len, static_cast<int>(splits[k]), po, pl,
@@ -489,7 +502,7 @@ class CudaBackend final : public Backend {
     const int rows = group * a.q_len;
     const size_t q_floats = static_cast<size_t>(a.num_q_heads) * a.q_len * d;
     const int64_t tokens = end - a.token_begin;
-    const bool mma = MmaEligible(d, cache, a.token_begin, end, rows);
+    const bool mma = MmaEligible(plan, cache, end, rows);
     const auto [splits, per_split] = Splits(tokens, num_kv, mma, 1);
     RETURN_IF_CUDA(ln.in_k.Ensure(q_floats * 4), "staging");
     RETURN_IF_CUDA(ln.rotated.Ensure(q_floats * 4), "staging");
@@ -522,7 +535,7 @@ class CudaBackend final : public Backend {
     ap.tokens_per_split = per_split;
     ap.max_record_bytes = (*dp)->max_record_bytes;
     ap.max_levels = (*dp)->max_levels;
-    ap.lut_words = (*dp)->lut_words;
+    ap.table_bytes = (*dp)->table_bytes;
     ap.partial_out = ln.partial_out.as<float>();
     ap.partial_lse = ln.partial_lse.as<float>();
     ln.last_attend = ap;
@@ -750,10 +763,8 @@ class CudaBackend final : public Backend {
       prefix += hp.layout.record_bytes;
       dp.max_record_bytes = std::max(dp.max_record_bytes, hp.layout.record_bytes);
       dp.max_levels = std::max(dp.max_levels, levels + (1 << hp.value_bits));
-      int lut_words = dev::AttendMmaLutWords(hp.value_bits, false);
-      for (const planner::KeyGroupPlan& kg : hp.key_groups) lut_words += dev::AttendMmaLutWords(kg.bits, true);
-      dp.lut_words = std::max(dp.lut_words, lut_words);
     }
+    dp.table_bytes = MmaTableBytes(plan);
     RETURN_IF_CUDA(cudaMalloc(&dp.blob, blob.size()), "plan upload");
     RETURN_IF_CUDA(cudaMemcpy(dp.blob, blob.data(), blob.size(), cudaMemcpyHostToDevice), "plan upload");
     char* base = static_cast<char*>(dp.blob);

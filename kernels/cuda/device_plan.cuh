@@ -98,7 +98,7 @@ struct AttendParams {
   long long tokens_per_split;
   int max_record_bytes;  // over the layer's heads (sizes shared memory)
   int max_levels;        // key levels of all groups plus value levels, max over heads
-  int lut_words;         // tensor-core path: lookup-table words, max over heads
+  int table_bytes;       // tensor-core path: decode tables in shared memory, max over heads
   float* partial_out;  // [num_kv_heads, num_splits, rows, head_dim], rotated space
   float* partial_lse;  // [num_kv_heads, num_splits, rows]
 };
@@ -131,7 +131,7 @@ struct AttendBatchShape {
   int rows;
   int max_splits;        // over the items
   int max_record_bytes;  // over the items' plans
-  int lut_words;         // over the items' plans
+  int table_bytes;       // over the items' plans
 };
 cudaError_t LaunchRotateQueriesBatch(const RotateQueryParams* device_items, const AttendBatchShape& shape,
                                     cudaStream_t stream);
@@ -142,10 +142,12 @@ cudaError_t LaunchMergeBatch(const MergeParams* device_items, const AttendBatchS
 // Tensor-core attention (attention_mma.cu): the same outputs as
 // LaunchAttend for head_dim 64, 128 or 256 when every page is 16-byte
 // aligned and page_tokens is a multiple of 16 (tiles of 16 tokens are
-// copied with 16-byte cp.async and never straddle a page).
+// copied with 16-byte cp.async and never straddle a page), and the tiles of
+// the widest record fit in shared memory (AttendMmaSupports).
 cudaError_t LaunchAttendMma(const AttendParams& p, cudaStream_t stream);
-int AttendMmaLutWords(int bits, bool key);  // words of one width's decode table
-bool AttendMmaSupports(int head_dim);
+bool AttendMmaSupports(int head_dim, int rows, int max_record_bytes, int table_bytes);
+// Shared-memory bytes of one head's decode tables (key group widths, value width).
+int AttendMmaTableBytes(const int* key_bits, int num_groups, int value_bits);
 
 cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream);
 
