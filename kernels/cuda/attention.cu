@@ -30,9 +30,11 @@ __device__ __forceinline__ void RotateQueriesBlock(const RotateQueryParams& p, c
   for (int j = tid; j < d; j += blockDim.x) {
     const int grp = GroupOf(hp, j);
     const int off = hp.group_offset[grp], dim = hp.group_dim[grp];
-    const float* row = hp.rotation[grp] + static_cast<long long>(j - off) * dim;
+    // Row j - off of R is column j - off of its transpose: the threads of
+    // a warp load consecutive floats.
+    const float* column = hp.rotation_t[grp] + (j - off);
     float s = 0.0f;
-    for (int k = 0; k < dim; ++k) s = fmaf(row[k], x[off + k], s);
+    for (int k = 0; k < dim; ++k) s = fmaf(column[static_cast<long long>(k) * dim], x[off + k], s);
     p.rotated[(static_cast<long long>(h) * rows + r) * d + j] = s;
   }
 }

@@ -1,117 +1,162 @@
-// Encode and decode kernels: one block per (token, KV head), one thread per
-// coordinate. Keys follow ALGORITHM.md section 3 (permute, per-group norm,
-// rotate, nearest centroid, corrected fp16 norm), values section 4.
+// Encode and decode kernels, one thread per coordinate: encode takes a
+// tile of tokens per block (each rotation element loaded serves the whole
+// tile), decode one token per block. Keys follow ALGORITHM.md section 3
+// (permute, per-group norm, rotate, nearest centroid, corrected fp16
+// norm), values section 4.
 #include "kernels/cuda/device_common.cuh"
 
 namespace ropekv::kernels::cuda {
 namespace {
 
-// Quantizes x[offset, offset+dim) of shared memory with rotation R; writes
-// codes and squared levels; returns nothing (norms done by the caller).
-__device__ void QuantizeSlot(int slot, int offset, int dim, const float* rotation,
-                             const float* boundaries, const float* centroids, int bits,
-                             const float* x, float norm, unsigned char* codes, float* level_sq) {
-  const float* row = rotation + static_cast<long long>(slot - offset) * dim;
-  float y = 0.0f;
-  for (int j = 0; j < dim; ++j) y = fmaf(row[j], x[offset + j], y);
-  y = norm > 0.0f ? y / norm : 0.0f;
-  const int code = NearestCode(boundaries, 1 << bits, y);
-  codes[slot] = static_cast<unsigned char>(code);
-  const float c = centroids[code];
-  level_sq[slot] = c * c;
+constexpr int kEncodeTokens = 16;  // tokens per encode block
+
+// Shared memory of one encode block: the tile's vectors [T][d] (permuted
+// keys, then values), squared levels [T][d], codes [T][d], norms and
+// corrected norms [T][kMaxGroups + 1].
+size_t EncodeSharedBytes(int d) {
+  return static_cast<size_t>(kEncodeTokens) * d * (2 * sizeof(float) + 1) +
+         2 * sizeof(float) * kEncodeTokens * (kMaxGroups + 1) + 16;
 }
 
+// Quantizes one group of every token of the tile: thread `slot` rotates
+// its coordinate for all T tokens (one rotation load per T fused
+// multiply-adds; the tile's vectors are read from shared memory as
+// broadcasts), then picks the nearest centroid. rotation_t is R
+// transposed, so the threads of a warp load consecutive floats. Sums run
+// in the same order as before (sequential fmaf over the group).
+__device__ void QuantizeTile(int slot, int offset, int dim, const float* rotation_t, const float* boundaries,
+                             const float* centroids, int bits, const float* x, int d, const float* norm,
+                             int norm_stride, int tokens, unsigned char* codes, float* level_sq) {
+  const float* column = rotation_t + (slot - offset);
+  float y[kEncodeTokens];
+#pragma unroll
+  for (int t = 0; t < kEncodeTokens; ++t) y[t] = 0.0f;
+  for (int j = 0; j < dim; ++j) {
+    const float r = column[static_cast<long long>(j) * dim];
+#pragma unroll
+    for (int t = 0; t < kEncodeTokens; ++t) y[t] = fmaf(r, x[t * d + offset + j], y[t]);
+  }
+#pragma unroll
+  for (int t = 0; t < kEncodeTokens; ++t) {
+    if (t < tokens) {
+      const float n = norm[t * norm_stride];
+      const int code = NearestCode(boundaries, 1 << bits, n > 0.0f ? y[t] / n : 0.0f);
+      codes[t * d + slot] = static_cast<unsigned char>(code);
+      const float c = centroids[code];
+      level_sq[t * d + slot] = c * c;
+    }
+  }
+}
+
+// One block per (tile of kEncodeTokens tokens, KV head), one thread per
+// coordinate: keys (permute, per-group norm, rotate, nearest centroid,
+// corrected norm), then values, then every record byte of the tile.
 __global__ void EncodeKernel(EncodeParams p) {
-  __shared__ float x[kMaxHeadDim];
-  __shared__ float level_sq[kMaxHeadDim];
-  __shared__ unsigned char codes[kMaxHeadDim];
-  __shared__ float norm[kMaxGroups];
-  __shared__ float corrected[kMaxGroups + 1];  // key groups, then the value
-  const long long i = blockIdx.x;
+  extern __shared__ __align__(16) unsigned char encode_smem[];
+  const int d = p.head_dim;
+  float* x = reinterpret_cast<float*>(encode_smem);                // [T][d]
+  float* level_sq = x + kEncodeTokens * d;                          // [T][d]
+  float* norm = level_sq + kEncodeTokens * d;                       // [T][kMaxGroups + 1]
+  float* corrected = norm + kEncodeTokens * (kMaxGroups + 1);       // [T][kMaxGroups + 1]
+  unsigned char* codes = reinterpret_cast<unsigned char*>(corrected + kEncodeTokens * (kMaxGroups + 1));  // [T][d]
+  constexpr int kNorms = kMaxGroups + 1;
+  const long long t0 = static_cast<long long>(blockIdx.x) * kEncodeTokens;
+  const int tokens = static_cast<int>(min(static_cast<long long>(kEncodeTokens), p.num_tokens - t0));
   const int h = blockIdx.y;
   const int tid = threadIdx.x;
-  const int d = p.head_dim;
   const HeadPlanDevice& hp = p.heads[h];
-  uint8_t* rec = RecordAt(p.cache, hp, p.first_token + i);
-  const float* key = p.keys + (static_cast<long long>(h) * p.num_tokens + i) * d;
-  const float* value = p.values + (static_cast<long long>(h) * p.num_tokens + i) * d;
+  const int num_groups = hp.num_groups;
+  const float* keys = p.keys + (static_cast<long long>(h) * p.num_tokens + t0) * d;
+  const float* values = p.values + (static_cast<long long>(h) * p.num_tokens + t0) * d;
 
   // Keys.
-  if (tid < d) x[tid] = key[hp.permutation[tid]];
+  for (int e = tid; e < tokens * d; e += blockDim.x) {
+    const int t = e / d, j = e % d;
+    x[e] = keys[static_cast<long long>(t) * d + hp.permutation[j]];
+  }
   __syncthreads();
-  if (tid < hp.num_groups) {
+  for (int e = tid; e < tokens * num_groups; e += blockDim.x) {
+    const int t = e / num_groups, g = e % num_groups;
+    const float* v = x + t * d + hp.group_offset[g];
     float s = 0.0f;
-    for (int j = 0; j < hp.group_dim[tid]; ++j) {
-      const float v = x[hp.group_offset[tid] + j];
-      s = fmaf(v, v, s);
-    }
-    norm[tid] = sqrtf(s);
+    for (int j = 0; j < hp.group_dim[g]; ++j) s = fmaf(v[j], v[j], s);
+    norm[t * kNorms + g] = sqrtf(s);
   }
   __syncthreads();
   if (tid < d) {
     const int g = GroupOf(hp, tid);
-    QuantizeSlot(tid, hp.group_offset[g], hp.group_dim[g], hp.rotation[g], hp.boundaries[g],
-                 hp.centroids[g], hp.group_bits[g], x, norm[g], codes, level_sq);
+    QuantizeTile(tid, hp.group_offset[g], hp.group_dim[g], hp.rotation_t[g], hp.boundaries[g], hp.centroids[g],
+                 hp.group_bits[g], x, d, norm + g, kNorms, tokens, codes, level_sq);
   }
   __syncthreads();
-  if (tid < hp.num_groups) {
+  for (int e = tid; e < tokens * num_groups; e += blockDim.x) {
+    const int t = e / num_groups, g = e % num_groups;
+    const float* l = level_sq + t * d + hp.group_offset[g];
     float s = 0.0f;
-    for (int j = 0; j < hp.group_dim[tid]; ++j) s += level_sq[hp.group_offset[tid] + j];
-    corrected[tid] = norm[tid] / sqrtf(s);
+    for (int j = 0; j < hp.group_dim[g]; ++j) s += l[j];
+    corrected[t * kNorms + g] = norm[t * kNorms + g] / sqrtf(s);
   }
+  // Key code bytes, a thread per (token, byte); groups in ascending width.
   const int key_bytes = (hp.key_code_bits + 7) / 8;
-  for (int b = tid; b < key_bytes; b += blockDim.x) {
+  for (int e = tid; e < tokens * key_bytes; e += blockDim.x) {
+    const int t = e / key_bytes, b = e % key_bytes;
+    const unsigned char* tc = codes + t * d;
     unsigned byte = 0;
+    int g = 0;
     for (int bit = 0; bit < 8; ++bit) {
       const int pos = 8 * b + bit;
       if (pos >= hp.key_code_bits) break;
-      int g = 0;
-      while (g + 1 < hp.num_groups && pos >= hp.group_code_bit_offset[g + 1]) ++g;
+      while (g + 1 < num_groups && pos >= hp.group_code_bit_offset[g + 1]) ++g;
       const int rel = pos - hp.group_code_bit_offset[g];
       const int slot = hp.group_offset[g] + rel / hp.group_bits[g];
-      byte |= ((codes[slot] >> (rel % hp.group_bits[g])) & 1u) << bit;
+      byte |= ((tc[slot] >> (rel % hp.group_bits[g])) & 1u) << bit;
     }
-    rec[hp.key_codes_offset + b] = static_cast<uint8_t>(byte);
+    RecordAt(p.cache, hp, p.first_token + t0 + t)[hp.key_codes_offset + b] = static_cast<uint8_t>(byte);
   }
   __syncthreads();
 
   // Values: one group of d coordinates.
-  if (tid < d) x[tid] = value[tid];
+  for (int e = tid; e < tokens * d; e += blockDim.x) x[e] = values[e];
   __syncthreads();
-  if (tid == 0) {
+  for (int t = tid; t < tokens; t += blockDim.x) {
+    const float* v = x + t * d;
     float s = 0.0f;
-    for (int j = 0; j < d; ++j) s = fmaf(x[j], x[j], s);
-    norm[0] = sqrtf(s);
+    for (int j = 0; j < d; ++j) s = fmaf(v[j], v[j], s);
+    norm[t * kNorms + kMaxGroups] = sqrtf(s);
   }
   __syncthreads();
   if (tid < d) {
-    QuantizeSlot(tid, 0, d, hp.value_rotation, hp.value_boundaries, hp.value_centroids,
-                 hp.value_bits, x, norm[0], codes, level_sq);
+    QuantizeTile(tid, 0, d, hp.value_rotation_t, hp.value_boundaries, hp.value_centroids, hp.value_bits, x, d,
+                 norm + kMaxGroups, kNorms, tokens, codes, level_sq);
   }
   __syncthreads();
-  if (tid == 0) {
+  for (int t = tid; t < tokens; t += blockDim.x) {
+    const float* l = level_sq + t * d;
     float s = 0.0f;
-    for (int j = 0; j < d; ++j) s += level_sq[j];
-    corrected[kMaxGroups] = norm[0] / sqrtf(s);
+    for (int j = 0; j < d; ++j) s += l[j];
+    corrected[t * kNorms + kMaxGroups] = norm[t * kNorms + kMaxGroups] / sqrtf(s);
   }
-  const int value_bits_total = d * hp.value_bits;
-  for (int b = tid; b < (value_bits_total + 7) / 8; b += blockDim.x) {
+  const int vbits = hp.value_bits, value_bits_total = d * vbits;
+  const int value_bytes = (value_bits_total + 7) / 8;
+  for (int e = tid; e < tokens * value_bytes; e += blockDim.x) {
+    const int t = e / value_bytes, b = e % value_bytes;
+    const unsigned char* tc = codes + t * d;
     unsigned byte = 0;
     for (int bit = 0; bit < 8; ++bit) {
       const int pos = 8 * b + bit;
       if (pos >= value_bits_total) break;
-      byte |= ((codes[pos / hp.value_bits] >> (pos % hp.value_bits)) & 1u) << bit;
+      byte |= ((tc[pos / vbits] >> (pos % vbits)) & 1u) << bit;
     }
-    rec[hp.value_codes_offset + b] = static_cast<uint8_t>(byte);
+    RecordAt(p.cache, hp, p.first_token + t0 + t)[hp.value_codes_offset + b] = static_cast<uint8_t>(byte);
   }
   __syncthreads();
-  // Norms last, from one thread.
-  if (tid == 0) {
-    for (int g = 0; g <= hp.num_groups; ++g) {
-      const float n = g < hp.num_groups ? corrected[g] : corrected[kMaxGroups];
-      if (!(n <= 65504.0f)) atomicExch(p.overflow, 1);
-      StoreHalf(rec + (g < hp.num_groups ? hp.key_norms_offset + 2 * g : hp.value_norm_offset), n);
-    }
+  // Norms, a thread per (token, norm).
+  for (int e = tid; e < tokens * (num_groups + 1); e += blockDim.x) {
+    const int t = e / (num_groups + 1), g = e % (num_groups + 1);
+    const float n = corrected[t * kNorms + (g < num_groups ? g : kMaxGroups)];
+    if (!(n <= 65504.0f)) atomicExch(p.overflow, 1);
+    uint8_t* rec = RecordAt(p.cache, hp, p.first_token + t0 + t);
+    StoreHalf(rec + (g < num_groups ? hp.key_norms_offset + 2 * g : hp.value_norm_offset), n);
   }
 }
 
@@ -166,8 +211,15 @@ int BlockFor(int head_dim) { return ((head_dim + 31) / 32) * 32; }
 
 cudaError_t LaunchEncode(const EncodeParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(p.num_heads));
-  EncodeKernel<<<grid, BlockFor(p.head_dim), 0, stream>>>(p);
+  const dim3 grid(static_cast<unsigned>((p.num_tokens + kEncodeTokens - 1) / kEncodeTokens),
+                  static_cast<unsigned>(p.num_heads));
+  const size_t smem = EncodeSharedBytes(p.head_dim);
+  if (smem > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(EncodeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  EncodeKernel<<<grid, BlockFor(p.head_dim), smem, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -721,7 +721,17 @@ class CudaBackend final : public Backend {
       return at;
     };
     struct Offsets {
-      size_t perm, rot[dev::kMaxGroups], cent[dev::kMaxGroups], bound[dev::kMaxGroups], vrot, vcent, vbound;
+      size_t perm, rot[dev::kMaxGroups], rot_t[dev::kMaxGroups], cent[dev::kMaxGroups], bound[dev::kMaxGroups],
+          vrot, vrot_t, vcent, vbound;
+    };
+    // The encode kernel reads rotations by column (a thread per output
+    // coordinate), so it gets transposed copies: coalesced loads.
+    auto put_transposed = [&](const std::vector<float>& m, int n) {
+      std::vector<float> t(m.size());
+      for (int i = 0; i < n; ++i) {
+        for (int j = 0; j < n; ++j) t[static_cast<size_t>(j) * n + i] = m[static_cast<size_t>(i) * n + j];
+      }
+      return put(t.data(), t.size() * 4);
     };
     std::vector<Offsets> offs(plan.heads.size());
     std::vector<dev::HeadPlanDevice> heads(plan.heads.size());
@@ -745,12 +755,14 @@ class CudaBackend final : public Backend {
         d.group_dim[g] = kg.dim;
         d.group_code_bit_offset[g] = kg.code_bit_offset;
         offs[h].rot[g] = put(kg.rotation.data(), kg.rotation.size() * 4);
+        offs[h].rot_t[g] = put_transposed(kg.rotation, kg.dim);
         offs[h].cent[g] = put(kg.codebook.centroids.data(), kg.codebook.centroids.size() * 4);
         offs[h].bound[g] = put(kg.codebook.boundaries.data(), kg.codebook.boundaries.size() * 4 + 4);
         levels += 1 << kg.bits;
       }
       d.value_bits = hp.value_bits;
       offs[h].vrot = put(hp.value_rotation.data(), hp.value_rotation.size() * 4);
+      offs[h].vrot_t = put_transposed(hp.value_rotation, hp.head_dim);
       offs[h].vcent = put(hp.value_codebook.centroids.data(), hp.value_codebook.centroids.size() * 4);
       offs[h].vbound = put(hp.value_codebook.boundaries.data(), hp.value_codebook.boundaries.size() * 4 + 4);
       d.key_norms_offset = hp.layout.key_norms_offset;
@@ -773,10 +785,12 @@ class CudaBackend final : public Backend {
       d.permutation = reinterpret_cast<const int*>(base + offs[h].perm);
       for (int g = 0; g < d.num_groups; ++g) {
         d.rotation[g] = reinterpret_cast<const float*>(base + offs[h].rot[g]);
+        d.rotation_t[g] = reinterpret_cast<const float*>(base + offs[h].rot_t[g]);
         d.centroids[g] = reinterpret_cast<const float*>(base + offs[h].cent[g]);
         d.boundaries[g] = reinterpret_cast<const float*>(base + offs[h].bound[g]);
       }
       d.value_rotation = reinterpret_cast<const float*>(base + offs[h].vrot);
+      d.value_rotation_t = reinterpret_cast<const float*>(base + offs[h].vrot_t);
       d.value_centroids = reinterpret_cast<const float*>(base + offs[h].vcent);
       d.value_boundaries = reinterpret_cast<const float*>(base + offs[h].vbound);
     }

@@ -25,10 +25,12 @@ struct HeadPlanDevice {
   int group_code_bit_offset[kMaxGroups];  // first bit in the key code stream
   const int* permutation;                 // [head_dim]: slot j <- dim permutation[j]
   const float* rotation[kMaxGroups];      // [dim, dim] row-major
+  const float* rotation_t[kMaxGroups];    // the same, transposed (column j of R is row j)
   const float* centroids[kMaxGroups];     // [2^bits]
   const float* boundaries[kMaxGroups];    // [2^bits - 1]
   int value_bits;
   const float* value_rotation;            // [head_dim, head_dim]
+  const float* value_rotation_t;          // the same, transposed
   const float* value_centroids;           // [2^value_bits]
   const float* value_boundaries;          // [2^value_bits - 1]
   int key_norms_offset;                   // record layout (planner::TokenLayout)
