@@ -10,8 +10,9 @@ namespace {
 
 constexpr int kEncodeTokens = 16;  // tokens per encode block
 
-// Shared memory of one encode block: the tile's vectors [T][d] (permuted
-// keys, then values), squared levels [T][d], codes [T][d], norms and
+// Shared memory of one encode block: the tile's vectors [d][T] (permuted
+// keys, then values; token-minor, so that one 16-byte load gives four
+// tokens' coordinate), squared levels [T][d], codes [T][d], norms and
 // corrected norms [T][kMaxGroups + 1].
 size_t EncodeSharedBytes(int d) {
   return static_cast<size_t>(kEncodeTokens) * d * (2 * sizeof(float) + 1) +
@@ -20,8 +21,8 @@ size_t EncodeSharedBytes(int d) {
 
 // Quantizes one group of every token of the tile: thread `slot` rotates
 // its coordinate for all T tokens (one rotation load per T fused
-// multiply-adds; the tile's vectors are read from shared memory as
-// broadcasts), then picks the nearest centroid. rotation_t is R
+// multiply-adds; the tile's coordinate j is read from shared memory as
+// four 16-byte broadcasts), then picks the nearest centroid. rotation_t is R
 // transposed, so the threads of a warp load consecutive floats. Sums run
 // in the same order as before (sequential fmaf over the group).
 __device__ void QuantizeTile(int slot, int offset, int dim, const float* rotation_t, const float* boundaries,
@@ -31,10 +32,18 @@ __device__ void QuantizeTile(int slot, int offset, int dim, const float* rotatio
   float y[kEncodeTokens];
 #pragma unroll
   for (int t = 0; t < kEncodeTokens; ++t) y[t] = 0.0f;
+  static_assert(kEncodeTokens % 4 == 0, "tiles are read as float4");
   for (int j = 0; j < dim; ++j) {
     const float r = column[static_cast<long long>(j) * dim];
+    const float4* xj = reinterpret_cast<const float4*>(x + (offset + j) * kEncodeTokens);
 #pragma unroll
-    for (int t = 0; t < kEncodeTokens; ++t) y[t] = fmaf(r, x[t * d + offset + j], y[t]);
+    for (int q = 0; q < kEncodeTokens / 4; ++q) {
+      const float4 v = xj[q];
+      y[4 * q] = fmaf(r, v.x, y[4 * q]);
+      y[4 * q + 1] = fmaf(r, v.y, y[4 * q + 1]);
+      y[4 * q + 2] = fmaf(r, v.z, y[4 * q + 2]);
+      y[4 * q + 3] = fmaf(r, v.w, y[4 * q + 3]);
+    }
   }
 #pragma unroll
   for (int t = 0; t < kEncodeTokens; ++t) {
@@ -54,7 +63,7 @@ __device__ void QuantizeTile(int slot, int offset, int dim, const float* rotatio
 __global__ void EncodeKernel(EncodeParams p) {
   extern __shared__ __align__(16) unsigned char encode_smem[];
   const int d = p.head_dim;
-  float* x = reinterpret_cast<float*>(encode_smem);                // [T][d]
+  float* x = reinterpret_cast<float*>(encode_smem);                // [d][T]
   float* level_sq = x + kEncodeTokens * d;                          // [T][d]
   float* norm = level_sq + kEncodeTokens * d;                       // [T][kMaxGroups + 1]
   float* corrected = norm + kEncodeTokens * (kMaxGroups + 1);       // [T][kMaxGroups + 1]
@@ -70,16 +79,16 @@ __global__ void EncodeKernel(EncodeParams p) {
   const float* values = p.values + (static_cast<long long>(h) * p.num_tokens + t0) * d;
 
   // Keys.
-  for (int e = tid; e < tokens * d; e += blockDim.x) {
-    const int t = e / d, j = e % d;
-    x[e] = keys[static_cast<long long>(t) * d + hp.permutation[j]];
+  for (int e = tid; e < kEncodeTokens * d; e += blockDim.x) {  // padding tokens read as zeros
+    const int t = e % kEncodeTokens, j = e / kEncodeTokens;
+    x[e] = t < tokens ? keys[static_cast<long long>(t) * d + hp.permutation[j]] : 0.0f;
   }
   __syncthreads();
   for (int e = tid; e < tokens * num_groups; e += blockDim.x) {
     const int t = e / num_groups, g = e % num_groups;
-    const float* v = x + t * d + hp.group_offset[g];
+    const float* v = x + hp.group_offset[g] * kEncodeTokens + t;
     float s = 0.0f;
-    for (int j = 0; j < hp.group_dim[g]; ++j) s = fmaf(v[j], v[j], s);
+    for (int j = 0; j < hp.group_dim[g]; ++j) s = fmaf(v[j * kEncodeTokens], v[j * kEncodeTokens], s);
     norm[t * kNorms + g] = sqrtf(s);
   }
   __syncthreads();
@@ -116,12 +125,15 @@ __global__ void EncodeKernel(EncodeParams p) {
   __syncthreads();
 
   // Values: one group of d coordinates.
-  for (int e = tid; e < tokens * d; e += blockDim.x) x[e] = values[e];
+  for (int e = tid; e < kEncodeTokens * d; e += blockDim.x) {
+    const int t = e % kEncodeTokens, j = e / kEncodeTokens;
+    x[e] = t < tokens ? values[static_cast<long long>(t) * d + j] : 0.0f;
+  }
   __syncthreads();
   for (int t = tid; t < tokens; t += blockDim.x) {
-    const float* v = x + t * d;
+    const float* v = x + t;
     float s = 0.0f;
-    for (int j = 0; j < d; ++j) s = fmaf(v[j], v[j], s);
+    for (int j = 0; j < d; ++j) s = fmaf(v[j * kEncodeTokens], v[j * kEncodeTokens], s);
     norm[t * kNorms + kMaxGroups] = sqrtf(s);
   }
   __syncthreads();
