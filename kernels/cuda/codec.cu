@@ -10,24 +10,47 @@ namespace {
 
 constexpr int kEncodeTokens = 16;  // tokens per encode block
 
+// 32-bit words of one token's packed code stream (at most 8 bits a
+// coordinate) plus one, so that a code's upper part always has a word.
+__host__ __device__ constexpr int StreamWords(int d) { return d * 8 / 32 + 1; }
+
 // Shared memory of one encode block: the tile's vectors [d][T] (permuted
 // keys, then values; token-minor, so that one 16-byte load gives four
-// tokens' coordinate), squared levels [T][d], codes [T][d], norms and
-// corrected norms [T][kMaxGroups + 1].
+// tokens' coordinate), squared levels [T][d], norms and corrected norms
+// [T][kMaxGroups + 1], packed code streams [T][StreamWords(d)].
 size_t EncodeSharedBytes(int d) {
-  return static_cast<size_t>(kEncodeTokens) * d * (2 * sizeof(float) + 1) +
-         2 * sizeof(float) * kEncodeTokens * (kMaxGroups + 1) + 16;
+  return static_cast<size_t>(kEncodeTokens) * d * 2 * sizeof(float) +
+         2 * sizeof(float) * kEncodeTokens * (kMaxGroups + 1) +
+         sizeof(uint32_t) * kEncodeTokens * StreamWords(d);
+}
+
+// Zeroes the tile's packed streams.
+__device__ void ClearStreams(uint32_t* streams, int d) {
+  for (int e = threadIdx.x; e < kEncodeTokens * StreamWords(d); e += blockDim.x) streams[e] = 0;
+}
+
+// Copies bytes [0, bytes) of each token's packed stream to its record at
+// byte `offset`, a thread per (token, byte).
+__device__ void StoreStreams(const EncodeParams& p, const HeadPlanDevice& hp, long long t0, int tokens,
+                             const uint32_t* streams, int d, int bytes, int offset) {
+  for (int e = threadIdx.x; e < tokens * bytes; e += blockDim.x) {
+    const int t = e / bytes, b = e % bytes;
+    const uint32_t word = streams[t * StreamWords(d) + b / 4];
+    RecordAt(p.cache, hp, p.first_token + t0 + t)[offset + b] = static_cast<uint8_t>(word >> (8 * (b % 4)));
+  }
 }
 
 // Quantizes one group of every token of the tile: thread `slot` rotates
 // its coordinate for all T tokens (one rotation load per T fused
 // multiply-adds; the tile's coordinate j is read from shared memory as
-// four 16-byte broadcasts), then picks the nearest centroid. rotation_t is R
-// transposed, so the threads of a warp load consecutive floats. Sums run
-// in the same order as before (sequential fmaf over the group).
+// four 16-byte broadcasts), then picks the nearest centroid and ORs it
+// into the token's packed stream at `stream_bit` (the dense LSB-first
+// packing of planner/packed_layout.md). rotation_t is R transposed, so the
+// threads of a warp load consecutive floats. Sums run in the same order as
+// before (sequential fmaf over the group).
 __device__ void QuantizeTile(int slot, int offset, int dim, const float* rotation_t, const float* boundaries,
                              const float* centroids, int bits, const float* x, int d, const float* norm,
-                             int norm_stride, int tokens, unsigned char* codes, float* level_sq) {
+                             int norm_stride, int tokens, int stream_bit, uint32_t* streams, float* level_sq) {
   const float* column = rotation_t + (slot - offset);
   float y[kEncodeTokens];
 #pragma unroll
@@ -50,7 +73,10 @@ __device__ void QuantizeTile(int slot, int offset, int dim, const float* rotatio
     if (t < tokens) {
       const float n = norm[t * norm_stride];
       const int code = NearestCode(boundaries, 1 << bits, n > 0.0f ? y[t] / n : 0.0f);
-      codes[t * d + slot] = static_cast<unsigned char>(code);
+      uint32_t* stream = streams + t * StreamWords(d);
+      const int sh = stream_bit & 31;
+      atomicOr(stream + (stream_bit >> 5), static_cast<uint32_t>(code) << sh);
+      if (sh + bits > 32) atomicOr(stream + (stream_bit >> 5) + 1, static_cast<uint32_t>(code) >> (32 - sh));
       const float c = centroids[code];
       level_sq[t * d + slot] = c * c;
     }
@@ -67,7 +93,7 @@ __global__ void EncodeKernel(EncodeParams p) {
   float* level_sq = x + kEncodeTokens * d;                          // [T][d]
   float* norm = level_sq + kEncodeTokens * d;                       // [T][kMaxGroups + 1]
   float* corrected = norm + kEncodeTokens * (kMaxGroups + 1);       // [T][kMaxGroups + 1]
-  unsigned char* codes = reinterpret_cast<unsigned char*>(corrected + kEncodeTokens * (kMaxGroups + 1));  // [T][d]
+  uint32_t* streams = reinterpret_cast<uint32_t*>(corrected + kEncodeTokens * (kMaxGroups + 1));  // [T][words]
   constexpr int kNorms = kMaxGroups + 1;
   const long long t0 = static_cast<long long>(blockIdx.x) * kEncodeTokens;
   const int tokens = static_cast<int>(min(static_cast<long long>(kEncodeTokens), p.num_tokens - t0));
@@ -79,6 +105,7 @@ __global__ void EncodeKernel(EncodeParams p) {
   const float* values = p.values + (static_cast<long long>(h) * p.num_tokens + t0) * d;
 
   // Keys.
+  ClearStreams(streams, d);
   for (int e = tid; e < kEncodeTokens * d; e += blockDim.x) {  // padding tokens read as zeros
     const int t = e % kEncodeTokens, j = e / kEncodeTokens;
     x[e] = t < tokens ? keys[static_cast<long long>(t) * d + hp.permutation[j]] : 0.0f;
@@ -94,8 +121,9 @@ __global__ void EncodeKernel(EncodeParams p) {
   __syncthreads();
   if (tid < d) {
     const int g = GroupOf(hp, tid);
+    const int bit = hp.group_code_bit_offset[g] + (tid - hp.group_offset[g]) * hp.group_bits[g];
     QuantizeTile(tid, hp.group_offset[g], hp.group_dim[g], hp.rotation_t[g], hp.boundaries[g], hp.centroids[g],
-                 hp.group_bits[g], x, d, norm + g, kNorms, tokens, codes, level_sq);
+                 hp.group_bits[g], x, d, norm + g, kNorms, tokens, bit, streams, level_sq);
   }
   __syncthreads();
   for (int e = tid; e < tokens * num_groups; e += blockDim.x) {
@@ -105,26 +133,11 @@ __global__ void EncodeKernel(EncodeParams p) {
     for (int j = 0; j < hp.group_dim[g]; ++j) s += l[j];
     corrected[t * kNorms + g] = norm[t * kNorms + g] / sqrtf(s);
   }
-  // Key code bytes, a thread per (token, byte); groups in ascending width.
-  const int key_bytes = (hp.key_code_bits + 7) / 8;
-  for (int e = tid; e < tokens * key_bytes; e += blockDim.x) {
-    const int t = e / key_bytes, b = e % key_bytes;
-    const unsigned char* tc = codes + t * d;
-    unsigned byte = 0;
-    int g = 0;
-    for (int bit = 0; bit < 8; ++bit) {
-      const int pos = 8 * b + bit;
-      if (pos >= hp.key_code_bits) break;
-      while (g + 1 < num_groups && pos >= hp.group_code_bit_offset[g + 1]) ++g;
-      const int rel = pos - hp.group_code_bit_offset[g];
-      const int slot = hp.group_offset[g] + rel / hp.group_bits[g];
-      byte |= ((tc[slot] >> (rel % hp.group_bits[g])) & 1u) << bit;
-    }
-    RecordAt(p.cache, hp, p.first_token + t0 + t)[hp.key_codes_offset + b] = static_cast<uint8_t>(byte);
-  }
+  StoreStreams(p, hp, t0, tokens, streams, d, (hp.key_code_bits + 7) / 8, hp.key_codes_offset);
   __syncthreads();
 
   // Values: one group of d coordinates.
+  ClearStreams(streams, d);
   for (int e = tid; e < kEncodeTokens * d; e += blockDim.x) {
     const int t = e % kEncodeTokens, j = e / kEncodeTokens;
     x[e] = t < tokens ? values[static_cast<long long>(t) * d + j] : 0.0f;
@@ -139,7 +152,7 @@ __global__ void EncodeKernel(EncodeParams p) {
   __syncthreads();
   if (tid < d) {
     QuantizeTile(tid, 0, d, hp.value_rotation_t, hp.value_boundaries, hp.value_centroids, hp.value_bits, x, d,
-                 norm + kMaxGroups, kNorms, tokens, codes, level_sq);
+                 norm + kMaxGroups, kNorms, tokens, tid * hp.value_bits, streams, level_sq);
   }
   __syncthreads();
   for (int t = tid; t < tokens; t += blockDim.x) {
@@ -148,19 +161,7 @@ __global__ void EncodeKernel(EncodeParams p) {
     for (int j = 0; j < d; ++j) s += l[j];
     corrected[t * kNorms + kMaxGroups] = norm[t * kNorms + kMaxGroups] / sqrtf(s);
   }
-  const int vbits = hp.value_bits, value_bits_total = d * vbits;
-  const int value_bytes = (value_bits_total + 7) / 8;
-  for (int e = tid; e < tokens * value_bytes; e += blockDim.x) {
-    const int t = e / value_bytes, b = e % value_bytes;
-    const unsigned char* tc = codes + t * d;
-    unsigned byte = 0;
-    for (int bit = 0; bit < 8; ++bit) {
-      const int pos = 8 * b + bit;
-      if (pos >= value_bits_total) break;
-      byte |= ((tc[pos / vbits] >> (pos % vbits)) & 1u) << bit;
-    }
-    RecordAt(p.cache, hp, p.first_token + t0 + t)[hp.value_codes_offset + b] = static_cast<uint8_t>(byte);
-  }
+  StoreStreams(p, hp, t0, tokens, streams, d, (d * hp.value_bits + 7) / 8, hp.value_codes_offset);
   __syncthreads();
   // Norms, a thread per (token, norm).
   for (int e = tid; e < tokens * (num_groups + 1); e += blockDim.x) {
