@@ -24,6 +24,7 @@ __device__ __forceinline__ void RotateQueriesBlock(const RotateQueryParams& p, c
   const HeadPlanDevice& hp = p.heads[h];
   const int rows = p.group * p.q_len;
   const int g = r / p.q_len, i = r % p.q_len;
+  AllowDependentLaunch();  // the attention kernel may set up its tables meanwhile
   const float* q = p.queries + ((static_cast<long long>(h) * p.group + g) * p.q_len + i) * d;
   for (int j = tid; j < d; j += blockDim.x) x[j] = q[hp.permutation[j]];
   __syncthreads();
@@ -223,6 +224,7 @@ __device__ __forceinline__ void MergeBlock(const MergeParams& p, const int h, co
   const int tid = threadIdx.x, d = p.head_dim;
   const HeadPlanDevice& hp = p.heads[h];
   const int rows = p.group * p.q_len;
+  WaitForPrerequisite();  // the attention kernel's partial results
   const float* lse_in = p.partial_lse + static_cast<long long>(h) * p.num_splits * rows + r;
   float m = -INFINITY;
   for (int s = tid; s < p.num_splits; s += blockDim.x) m = fmaxf(m, lse_in[static_cast<long long>(s) * rows]);
@@ -348,16 +350,14 @@ cudaError_t LaunchRotateQueriesBatch(const RotateQueryParams* device_items, cons
 cudaError_t LaunchMergeBatch(const MergeParams* device_items, const AttendBatchShape& b, cudaStream_t stream) {
   const dim3 grid(b.num_kv_heads, b.rows, b.num_items);
   const int parts = std::max(1, std::min(4, kMergeThreads / b.head_dim));
-  MergeBatchKernel<<<grid, (parts * b.head_dim + 31) / 32 * 32, 0, stream>>>(device_items);
-  return cudaGetLastError();
+  return LaunchDependent(MergeBatchKernel, grid, dim3((parts * b.head_dim + 31) / 32 * 32), 0, stream, device_items);
 }
 
 cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream) {
   const dim3 grid(p.num_kv_heads, p.group * p.q_len);
   // Up to four threads per dimension (blockDim = parts x head_dim).
   const int parts = std::max(1, std::min(4, kMergeThreads / p.head_dim));
-  MergeKernel<<<grid, (parts * p.head_dim + 31) / 32 * 32, 0, stream>>>(p);
-  return cudaGetLastError();
+  return LaunchDependent(MergeKernel, grid, dim3((parts * p.head_dim + 31) / 32 * 32), 0, stream, p);
 }
 
 }  // namespace ropekv::kernels::cuda

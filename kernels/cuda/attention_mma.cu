@@ -389,6 +389,9 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
     CpAsyncCommit();
   };
 
+  // The rotated queries. (No early launch of the merge: its waiting blocks
+  // would take the place of attention blocks.)
+  WaitForPrerequisite();
   for (int row0 = 0; row0 < p.rows; row0 += kRowsPerPass) {
     __syncthreads();  // tables written; previous pass done with qfrag and the stages
     // Query fragments: k-step s of group g, n-tile nt, lane (r, c): row
@@ -630,8 +633,9 @@ __global__ void __launch_bounds__(kThreads) AttendMmaBatchKernel(const AttendPar
 
 int RowTiles(int rows) { return rows > 8 ? 2 : 1; }
 
-// Launches kernel<<<grid, kThreads, smem>>>(arg), opting in to more than
-// 48 KB of dynamic shared memory when needed (Hopper: up to 227 KB).
+// Launches kernel<<<grid, kThreads, smem>>>(arg) as a dependent launch of
+// the query rotation before it, opting in to more than 48 KB of dynamic
+// shared memory when needed (Hopper: up to 227 KB).
 template <typename Kernel, typename Arg>
 cudaError_t LaunchWithSharedMemory(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, Arg arg) {
   if (smem > 48 * 1024) {
@@ -639,8 +643,7 @@ cudaError_t LaunchWithSharedMemory(Kernel kernel, dim3 grid, size_t smem, cudaSt
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  kernel<<<grid, kThreads, smem, stream>>>(arg);
-  return cudaGetLastError();
+  return LaunchDependent(kernel, grid, dim3(kThreads), smem, stream, arg);
 }
 
 }  // namespace

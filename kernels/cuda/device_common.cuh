@@ -5,10 +5,47 @@
 #define ROPEKV_KERNELS_CUDA_DEVICE_COMMON_CUH_
 
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include "kernels/cuda/device_plan.cuh"
 
 namespace ropekv::kernels::cuda {
+
+// Programmatic dependent launch (Hopper): a kernel launched with
+// LaunchDependent may start while the kernel before it in the stream is
+// still running; it must call WaitForPrerequisite before it reads what
+// that kernel wrote (or writes what it reads). Work before the wait (plan
+// loads, table set-up) overlaps the previous kernel's tail. Both are
+// no-ops when the kernel was launched the ordinary way.
+__device__ __forceinline__ void WaitForPrerequisite() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+// Lets the next kernel of the stream, if launched with LaunchDependent,
+// start now.
+__device__ __forceinline__ void AllowDependentLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(arg) as a programmatic dependent
+// launch (see WaitForPrerequisite).
+template <typename Kernel, typename Arg>
+cudaError_t LaunchDependent(Kernel kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Arg arg) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, arg);
+}
 
 __device__ __forceinline__ uint8_t* RecordAt(const PagedLayerDevice& c,
                                              const HeadPlanDevice& h, long long t) {
