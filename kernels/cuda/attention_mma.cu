@@ -5,7 +5,8 @@
 // decodes tiles of 32 tokens straight from the packed records into fp16 MMA
 // fragments and computes logits and the value sum with mma.sync m16n8k16 in
 // fp32 accumulators, flash-attention style. Nothing is materialised in
-// global memory; tiles are prefetched with cp.async a few tiles ahead.
+// global memory; tiles are prefetched with cp.async a tile ahead. Figures
+// and what limits them: kernels/bench/RESULTS.md.
 //
 // Roles are chosen so that no MMA lane is wasted on GQA groups of 8 and the
 // decode costs a few instructions per code:
@@ -19,9 +20,8 @@
 // group padded to whole 16-slot k-steps with zero query entries; the
 // width is a template argument inside a group, so bit offsets and masks
 // are constants, and each lane's 4 slots of a k-step are 4 consecutive
-// codes: one 32-bit window gives both pairs, one lookup per pair gives
-// their fp16 levels. A group's partial logits are scaled by its fp16 norm
-// in fp32. Index freedom used: the order of a dot product's terms is free,
+// codes: one 32-bit window holds all four, one table lookup per code gives
+// its level. A group's partial logits are scaled by its fp16 norm in fp32. Index freedom used: the order of a dot product's terms is free,
 // so the MMA k index (key slots) and m index (value dimensions) are
 // assigned to keep each lane's codes contiguous in the stream:
 //   keys:   k-step s of group g covers slots f_s .. f_s + 15; lane

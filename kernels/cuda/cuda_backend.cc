@@ -724,8 +724,9 @@ class CudaBackend final : public Backend {
       size_t perm, rot[dev::kMaxGroups], rot_t[dev::kMaxGroups], cent[dev::kMaxGroups], bound[dev::kMaxGroups],
           vrot, vrot_t, vcent, vbound;
     };
-    // The encode kernel reads rotations by column (a thread per output
-    // coordinate), so it gets transposed copies: coalesced loads.
+    // The encode and query-rotation kernels compute R x with a thread per
+    // output coordinate; reading R's transposed copy, the threads of a warp
+    // load consecutive floats.
     auto put_transposed = [&](const std::vector<float>& m, int n) {
       std::vector<float> t(m.size());
       for (int i = 0; i < n; ++i) {
