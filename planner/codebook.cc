@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "planner/allocator.h"
+#include "planner/half.h"
 
 namespace ropekv::planner {
 namespace {
@@ -116,8 +117,14 @@ absl::StatusOr<Codebook> LloydMaxCodebook(int bits, int dim) {
   Codebook cb;
   cb.bits = bits;
   cb.dim = dim;
-  for (double c : (*q)->centroids) cb.centroids.push_back(static_cast<float>(c * scale));
-  for (double b : (*q)->boundaries) cb.boundaries.push_back(static_cast<float>(b * scale));
+  // Levels are rounded to fp16 (see codebook.h); the boundaries are the
+  // exact midpoints of the rounded levels (a midpoint of two fp16 values is
+  // exact in fp32), so the search still returns the nearest level.
+  for (double c : (*q)->centroids) cb.centroids.push_back(RoundToHalf(static_cast<float>(c * scale)));
+  for (size_t i = 0; i + 1 < cb.centroids.size(); ++i) {
+    cb.boundaries.push_back(static_cast<float>(
+        0.5 * (static_cast<double>(cb.centroids[i]) + static_cast<double>(cb.centroids[i + 1]))));
+  }
   return cb;
 }
 

@@ -20,19 +20,23 @@
 // group padded to whole 16-slot k-steps with zero query entries; the
 // width is a template argument inside a group, so bit offsets and masks
 // are constants, and each lane's 4 slots of a k-step are 4 consecutive
-// codes: one 32-bit window holds all four, one table lookup per code gives
-// its level. A group's partial logits are scaled by its fp16 norm in fp32. Index freedom used: the order of a dot product's terms is free,
+// codes: one 32-bit window holds all four, and one table lookup gives the
+// levels of two (a ready fragment register). A group's partial logits are
+// scaled by its fp16 norm in fp32. Index freedom used: the order of a dot
+// product's terms is free,
 // so the MMA k index (key slots) and m index (value dimensions) are
 // assigned to keep each lane's codes contiguous in the stream:
 //   keys:   k-step s of group g covers slots f_s .. f_s + 15; lane
 //           (r = lane/4, c = lane%4) holds slots f_s + 4c .. 4c+3 (A: k =
 //           2c, 2c+1 -> +0, +1; k = 2c+8, 2c+9 -> +2, +3) of tokens r, r+8;
 //   values: m-tile j, row r is dimension r*D/8 + 2j, row r+8 is r*D/8+2j+1.
-// Keys reach the logits at fp32 accuracy: the query and each level are
-// split into fp16 hi + lo parts, three MMAs per k-step (hi.hi, lo.hi,
-// hi.lo). Values use fp16 levels with the value norm folded into P.
+// Every codebook level is an fp16 value (planner/codebook.h), so levels
+// enter the MMAs exactly; keys reach the logits at fp32 accuracy by
+// splitting the query into fp16 hi + lo parts, two MMAs per k-step. Values
+// use the same exact levels, with the value norm folded into P (fp16).
 #include <algorithm>
 #include <cfloat>
+#include <cstring>
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/device_common.cuh"
@@ -47,43 +51,48 @@ constexpr int kTile = 32;      // tokens per warp step
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Decode tables, at offsets that are multiples of their size (placed
-// largest first) so that an index can be OR-ed into the offset. Narrow
-// widths are kept once per lane (entry e of lane l at e x 32 + l): their
-// few entries would otherwise make the 32 lanes of a lookup collide on a
-// few banks. Keys: one level per entry as {hi, lo} fp16 (4 bytes), per lane
-// for widths 1-4. Values: a pair of fp16 levels per entry (4 bytes) for
-// widths 1-5, per lane for 1-2; one fp16 level for widths 6-8.
-// *Shift: log2 of the entry stride, i.e. where an index must sit in the
-// window so that masking it yields its byte offset.
-__host__ __device__ constexpr bool KeyTablePerLane(int w) { return w <= 4; }
-__host__ __device__ constexpr int KeyShift(int w) { return KeyTablePerLane(w) ? 7 : 2; }
-__host__ __device__ constexpr int KeyTableBytes(int w) { return 4 << (w + KeyShift(w) - 2); }
-__host__ __device__ constexpr bool ValuePairTable(int v) { return v <= 5; }
-__host__ __device__ constexpr bool ValueTablePerLane(int v) { return v <= 2; }
-__host__ __device__ constexpr int ValueShift(int v) { return ValueTablePerLane(v) ? 7 : ValuePairTable(v) ? 2 : 1; }
-__host__ __device__ constexpr int ValueTableBytes(int v) {
-  return (ValuePairTable(v) ? 1 << (2 * v) : 1 << v) << ValueShift(v);
+// largest first) so that an index can be OR-ed into the offset. Every
+// codebook level is an fp16 value (planner/codebook.h), so a level is read
+// exactly as one fp16 MMA input. Widths 1-4 have pair tables: entry e
+// (two codes, the first in its low bits) holds both levels as a half2,
+// which is one A- or B-fragment register; widths 5-8 have one fp16 level
+// per entry (a width-5 pair table would take 4 KB, and with it the fourth
+// block of an SM). Keys and values share the layout. Narrow widths are kept in
+// several copies (entry e of copy k at e x copies + k, lane l reads copy
+// l % copies): with only 4-64 entries the 32 lanes of a lookup would
+// otherwise collide on a few banks. 32 copies (one per lane, no conflict)
+// for widths 1-2; 16 for width 3 (at most a 2-way conflict, in 4 KB rather
+// than 8); one beyond.
+// LevelShift: log2 of the entry stride, i.e. where an index must sit in
+// the window so that masking it yields its byte offset.
+__host__ __device__ constexpr bool PairTable(int w) { return w <= 4; }
+__host__ __device__ constexpr int CopyShift(int w) { return w <= 2 ? 5 : w == 3 ? 4 : 0; }
+__host__ __device__ constexpr int LevelShift(int w) { return PairTable(w) ? 2 + CopyShift(w) : 1; }
+__host__ __device__ constexpr int LevelTableBytes(int w) { return (PairTable(w) ? 1 << (2 * w) : 1 << w) << LevelShift(w); }
+// Byte offset of lane's copy within a table of width w.
+__device__ __forceinline__ uint32_t CopyOffset(int w, int lane) {
+  return PairTable(w) ? 4u * static_cast<uint32_t>(lane & ((1 << CopyShift(w)) - 1)) : 0u;
 }
 
 // Bytes of one head's tables (the placement leaves no gaps).
 __host__ __device__ inline int TableBytes(const int* key_bits, int num_groups, int value_bits) {
-  int bytes = ValueTableBytes(value_bits);
-  for (int g = 0; g < num_groups; ++g) bytes += KeyTableBytes(key_bits[g]);
+  int bytes = LevelTableBytes(value_bits);
+  for (int g = 0; g < num_groups; ++g) bytes += LevelTableBytes(key_bits[g]);
   return bytes;
 }
 
 // Places the tables largest first: offsets[g] for key group g,
 // offsets[kMaxGroups] for the values.
-__device__ inline void PlaceTables(const int* key_bits, int num_groups, int value_bits, int* offsets) {
+inline void PlaceTables(const int* key_bits, int num_groups, int value_bits, int* offsets) {
   int at = 0;
   for (int size = 1 << 14; size >= 4; size >>= 1) {
     for (int g = 0; g < num_groups; ++g) {
-      if (KeyTableBytes(key_bits[g]) == size) {
+      if (LevelTableBytes(key_bits[g]) == size) {
         offsets[g] = at;
         at += size;
       }
     }
-    if (ValueTableBytes(value_bits) == size) {
+    if (LevelTableBytes(value_bits) == size) {
       offsets[kMaxGroups] = at;
       at += size;
     }
@@ -115,88 +124,109 @@ __device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
 
 __device__ __forceinline__ float HiPart(float x) { return __half2float(__float2half_rn(x)); }
 
-// 32 bits of the stream starting at bit `bit` (the buffer has a word of
-// padding after its last byte).
-__device__ __forceinline__ uint32_t BitsAt(const uint32_t* words, int bit) {
-  const int w = bit >> 5;
-  return __funnelshift_r(words[w], words[w + 1], bit);
-}
-
 __device__ __forceinline__ uint32_t Lds32(const unsigned char* base, uint32_t offset) {
   return *reinterpret_cast<const uint32_t*>(base + offset);
 }
 
-__device__ void FillKeyTable(unsigned char* table, const float* centroids, int bits, int tid) {
+// Fills the table of one codebook (2^bits levels, fp16 values), on the host.
+void FillLevelTable(unsigned char* table, const float* centroids, int bits) {
   const int levels = 1 << bits;
-  const int copies = KeyTablePerLane(bits) ? 32 : 1;
-  uint32_t* t = reinterpret_cast<uint32_t*>(table);
-  for (int i = tid; i < levels * copies; i += kThreads) {
-    const float a = centroids[i / copies], ah = HiPart(a);
-    t[i] = PackHalf2(ah, a - ah);
-  }
-}
-
-__device__ void FillValueTable(unsigned char* table, const float* centroids, int bits, int tid) {
-  const int levels = 1 << bits;
-  if (ValuePairTable(bits)) {
-    const int copies = ValueTablePerLane(bits) ? 32 : 1;
-    uint32_t* t = reinterpret_cast<uint32_t*>(table);
-    for (int i = tid; i < levels * levels * copies; i += kThreads) {
+  auto half_bits = [](float x) { return static_cast<uint32_t>(__half_as_ushort(__float2half_rn(x))); };
+  if (PairTable(bits)) {
+    const int copies = 1 << CopyShift(bits);
+    for (int i = 0; i < levels * levels * copies; ++i) {
       const int e = i / copies;
-      t[i] = PackHalf2(centroids[e & (levels - 1)], centroids[e >> bits]);
+      const uint32_t v = half_bits(centroids[e & (levels - 1)]) | (half_bits(centroids[e >> bits]) << 16);
+      std::memcpy(table + 4 * i, &v, 4);
     }
   } else {
-    __half* t = reinterpret_cast<__half*>(table);
-    for (int i = tid; i < levels; i += kThreads) t[i] = __float2half_rn(centroids[i]);
+    for (int i = 0; i < levels; ++i) {
+      const uint16_t v = static_cast<uint16_t>(half_bits(centroids[i]));
+      std::memcpy(table + 2 * i, &v, 2);
+    }
   }
 }
 
-// Logits of one key group: for each of its k-steps, the lane's 4
-// consecutive codes of tokens r, r+8 (m-tile 0) and r+16, r+24 (m-tile 1)
-// become A fragments (hi, lo); three MMAs per n-tile accumulate into gacc.
-// bit[u]: stream bit of the lane's first code of this group in token u,
-// minus KeyShift(W). base: the table's offset, plus lane x 4 for a
-// per-lane table.
+__device__ __forceinline__ uint32_t Lds16(const unsigned char* base, uint32_t offset) {
+  return *reinterpret_cast<const unsigned short*>(base + offset);
+}
+
+// One k-step of a key group: the lane's 4 consecutive codes of tokens r,
+// r+8 (m-tile 0) and r+16, r+24 (m-tile 1) become A fragments; two MMAs
+// per n-tile (the query's fp16 hi and lo parts against the exact levels)
+// accumulate into gacc. Token u's window is bits sh[u].. of ptr[u][o],
+// ptr[u][o + 1]; o is the same for every lane, so it is added as a
+// uniform offset.
+template <int W, int NT>
+__device__ __forceinline__ void KeyStep(const uint32_t* const (&ptr)[4], const int (&sh)[4], int o,
+                                        const unsigned char* tables, uint32_t base, const uint4* qf,
+                                        float (&gacc)[2][NT][4]) {
+  constexpr int kShift = LevelShift(W);
+  const int lane = threadIdx.x % 32;
+  uint4 q[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) q[nt] = qf[nt * 32 + lane];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+    uint32_t a[4];  // {token r: slots 0,1}, {r+8: 0,1}, {r: 2,3}, {r+8: 2,3}
+#pragma unroll
+    for (int uu = 0; uu < 2; ++uu) {
+      const int u = 2 * mt + uu;
+      if constexpr (PairTable(W)) {  // one window holds the 4 codes; a lookup gives 2 levels
+        constexpr uint32_t kMask = ((1u << (2 * W)) - 1u) << kShift;
+        const uint32_t x = __funnelshift_r(ptr[u][o], ptr[u][o + 1], sh[u]);
+        a[uu] = Lds32(tables, (x & kMask) | base);
+        a[uu + 2] = Lds32(tables, ((x >> (2 * W)) & kMask) | base);
+      } else {
+        constexpr uint32_t kMask = ((1u << W) - 1u) << kShift;
+        uint32_t e[4];
+        const uint32_t x0 = __funnelshift_r(ptr[u][o], ptr[u][o + 1], sh[u]);
+        if constexpr (kShift + 4 * W <= 32) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) e[i] = Lds16(tables, ((x0 >> (i * W)) & kMask) | base);
+        } else {  // width 8: the upper two codes from a second window, 2W bits on
+          const uint32_t x1 = __funnelshift_r(ptr[u][o], ptr[u][o + 1], sh[u] + 2 * W);
+          const uint32_t x1b = sh[u] + 2 * W >= 32 ? __funnelshift_r(ptr[u][o + 1], ptr[u][o + 2], sh[u] + 2 * W)
+                                                   : x1;
+          e[0] = Lds16(tables, (x0 & kMask) | base);
+          e[1] = Lds16(tables, ((x0 >> W) & kMask) | base);
+          e[2] = Lds16(tables, (x1b & kMask) | base);
+          e[3] = Lds16(tables, ((x1b >> W) & kMask) | base);
+        }
+        a[uu] = __byte_perm(e[0], e[1], 0x5410);
+        a[uu + 2] = __byte_perm(e[2], e[3], 0x5410);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      Mma(gacc[mt][nt], a, q[nt].x, q[nt].y);
+      Mma(gacc[mt][nt], a, q[nt].z, q[nt].w);
+    }
+  }
+}
+
+// Logits of one key group, k-step by k-step. bit[u]: stream bit of the
+// lane's first code of this group in token u, minus LevelShift(W). Two
+// k-steps span 32 W bits, W whole words, so even steps share one set of
+// word pointers and shifts, odd steps another, and a pair of steps moves
+// both on by W words.
 template <int W, int NT>
 __device__ __forceinline__ void KeyGroup(const uint32_t* words, const unsigned char* tables, uint32_t base,
                                          const uint4* qf, int steps, const int (&bit)[4], float (&gacc)[2][NT][4]) {
-  constexpr int kShift = KeyShift(W);
-  constexpr uint32_t kMask = ((1u << W) - 1u) << kShift;
-  const int lane = threadIdx.x % 32;
-  for (int s = 0; s < steps; ++s) {
-    uint4 q[NT];
+  const uint32_t* even[4];
+  const uint32_t* odd[4];
+  int sh_even[4], sh_odd[4];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) q[nt] = qf[(s * NT + nt) * 32 + lane];
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      uint32_t a_hi[4], a_lo[4];
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int b = bit[2 * mt + u] + s * 16 * W;
-        uint32_t e[4];
-        if constexpr (kShift + 4 * W <= 32) {  // one window holds the 4 codes
-          const uint32_t x = BitsAt(words, b);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) e[i] = Lds32(tables, ((x >> (i * W)) & kMask) | base);
-        } else {
-          const uint32_t x0 = BitsAt(words, b), x1 = BitsAt(words, b + 2 * W);
-          e[0] = Lds32(tables, (x0 & kMask) | base);
-          e[1] = Lds32(tables, ((x0 >> W) & kMask) | base);
-          e[2] = Lds32(tables, (x1 & kMask) | base);
-          e[3] = Lds32(tables, ((x1 >> W) & kMask) | base);
-        }
-        a_hi[u] = __byte_perm(e[0], e[1], 0x5410);
-        a_lo[u] = __byte_perm(e[0], e[1], 0x7632);
-        a_hi[u + 2] = __byte_perm(e[2], e[3], 0x5410);
-        a_lo[u + 2] = __byte_perm(e[2], e[3], 0x7632);
-      }
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        Mma(gacc[mt][nt], a_hi, q[nt].x, q[nt].y);
-        Mma(gacc[mt][nt], a_hi, q[nt].z, q[nt].w);
-        Mma(gacc[mt][nt], a_lo, q[nt].x, q[nt].y);
-      }
-    }
+  for (int u = 0; u < 4; ++u) {
+    even[u] = words + (bit[u] >> 5);
+    sh_even[u] = bit[u] & 31;
+    odd[u] = words + ((bit[u] + 16 * W) >> 5);
+    sh_odd[u] = (bit[u] + 16 * W) & 31;
+  }
+  for (int s = 0; s < steps; s += 2) {
+    const int o = (s >> 1) * W;
+    KeyStep<W, NT>(even, sh_even, o, tables, base, qf + s * NT * 32, gacc);
+    if (s + 1 < steps) KeyStep<W, NT>(odd, sh_odd, o, tables, base, qf + (s + 1) * NT * 32, gacc);
   }
 }
 
@@ -231,25 +261,22 @@ __device__ __forceinline__ uint32_t FieldAt(const uint32_t (&a)[N]) {
 
 // Value pair j (dimensions 2j, 2j+1 of the lane's run) of one token as
 // half2 levels; `a` is the lane's run of codes, aligned at stream bit
-// -ValueShift(VB). base: the table's offset, plus lane x 4 for a per-lane
-// table.
+// -LevelShift(VB). base: the table's offset plus the lane's copy.
 template <int VB, int J, int N>
 __device__ __forceinline__ uint32_t ValuePair(const unsigned char* tables, uint32_t base, const uint32_t (&a)[N]) {
-  constexpr int kShift = ValueShift(VB);
-  if constexpr (ValuePairTable(VB)) {
+  constexpr int kShift = LevelShift(VB);
+  if constexpr (PairTable(VB)) {
     constexpr uint32_t kMask = ((1u << (2 * VB)) - 1u) << kShift;
     return Lds32(tables, (FieldAt<2 * J * VB, N>(a) & kMask) | base);
   } else {
     constexpr uint32_t kMask = ((1u << VB) - 1u) << kShift;
     const uint32_t f0 = FieldAt<2 * J * VB, N>(a), f1 = FieldAt<(2 * J + 1) * VB, N>(a);
-    const uint32_t l0 = *reinterpret_cast<const unsigned short*>(tables + ((f0 & kMask) | base));
-    const uint32_t l1 = *reinterpret_cast<const unsigned short*>(tables + ((f1 & kMask) | base));
-    return l0 | (l1 << 16);
+    return __byte_perm(Lds16(tables, (f0 & kMask) | base), Lds16(tables, (f1 & kMask) | base), 0x5410);
   }
 }
 
 template <int VB, int D>
-__host__ __device__ constexpr int ValueRunWords() { return (D / 8 * VB + ValueShift(VB) + 31) / 32; }
+__host__ __device__ constexpr int ValueRunWords() { return (D / 8 * VB + LevelShift(VB) + 31) / 32; }
 
 template <int VB, int D, int NT, int J>
 __device__ __forceinline__ void ValueTiles(const unsigned char* tables, uint32_t base,
@@ -280,7 +307,7 @@ __device__ __forceinline__ void ValueStep(const uint32_t* words, const unsigned 
   const int toks[4] = {0, 1, 8, 9};
 #pragma unroll
   for (int u = 0; u < 4; ++u) {
-    const int b = bit0 - ValueShift(VB) + toks[u] * rb_bits;
+    const int b = bit0 - LevelShift(VB) + toks[u] * rb_bits;
     const uint32_t* w = words + (b >> 5);
     uint32_t raw[N + 1];
 #pragma unroll
@@ -288,7 +315,7 @@ __device__ __forceinline__ void ValueStep(const uint32_t* words, const unsigned 
 #pragma unroll
     for (int k = 0; k < N; ++k) a[u][k] = __funnelshift_r(raw[k], raw[k + 1], b);
   }
-  ValueTiles<VB, D, NT, 0>(tables, base | (ValueTablePerLane(VB) ? 4 * (threadIdx.x % 32) : 0), a, pb, acc);
+  ValueTiles<VB, D, NT, 0>(tables, base | CopyOffset(VB, threadIdx.x % 32), a, pb, acc);
 }
 
 template <int D, int NT>
@@ -354,16 +381,36 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
   const int stage_bytes = StageBytes(p.max_record_bytes);
   unsigned char* my_stages = stages + warp * kStages * stage_bytes;
 
-  // Table offsets in shared memory: indexed by group in the tile loop,
-  // they would otherwise live in local memory.
+  // The decode tables, built at plan upload, and their offsets (in shared
+  // memory: indexed by group in the tile loop, they would otherwise live
+  // in local memory). The image is a whole number of 16-byte words (every
+  // table is at least 128 bytes).
   __shared__ int key_table_offset[kMaxGroups + 1];  // + the value table's
-  if (tid == 0) PlaceTables(hp.group_bits, num_groups, vbits, key_table_offset);
+  if (tid <= kMaxGroups) key_table_offset[tid] = hp.table_offset[tid];
+  {
+    const uint4* image = reinterpret_cast<const uint4*>(hp.table_image);
+    for (int i = tid; i < hp.table_image_bytes / 16; i += kThreads) reinterpret_cast<uint4*>(tables)[i] = image[i];
+  }
+  // Per key group: width, k-steps, stream bit of its first code minus
+  // LevelShift (the lane adds its 4c codes), mask of the lane's copy.
+  __shared__ int4 group_info[kMaxGroups];
+  if (tid < num_groups) {
+    const int w = hp.group_bits[tid];
+    group_info[tid] = make_int4(w, (hp.group_dim[tid] + 15) / 16,
+                                key_codes_bit + hp.group_code_bit_offset[tid] - LevelShift(w),
+                                PairTable(w) ? (1 << CopyShift(w)) - 1 : 0);
+  }
   __syncthreads();
   const int value_table_offset = key_table_offset[kMaxGroups];
-  for (int k = 0; k < num_groups; ++k) {
-    FillKeyTable(tables + key_table_offset[k], hp.centroids[k], hp.group_bits[k], tid);
+  // Offsets of this lane's tokens r, r+8, r+16, r+24 in a tile: stream bits
+  // and the bytes of their first key norm.
+  int token_bit[4];
+  uint32_t token_norm[4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    token_bit[u] = (r + 8 * u) * rb_bits;
+    token_norm[u] = static_cast<uint32_t>((r + 8 * u) * rb + key_norms_offset);
   }
-  FillValueTable(tables + value_table_offset, hp.value_centroids, vbits, tid);
 
   const long long begin = p.token_begin + split * p.tokens_per_split;
   const long long end = min(p.token_end, begin + p.tokens_per_split);
@@ -460,14 +507,13 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
         for (int nt = 0; nt < NT; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
       int s_base = 0;
       for (int g = 0; g < num_groups; ++g) {
-        const int w = hp.group_bits[g];
-        const int steps = (hp.group_dim[g] + 15) / 16;
-        const bool per_lane = KeyTablePerLane(w);
-        const int lane_bit = key_codes_bit + hp.group_code_bit_offset[g] + 4 * c * w - KeyShift(w);
-        const uint32_t base = key_table_offset[g] | (per_lane ? 4 * lane : 0);
+        const int4 info = group_info[g];
+        const int w = info.x, steps = info.y;
+        const int lane_bit = info.z + 4 * c * w;
+        const uint32_t base = key_table_offset[g] | ((lane & info.w) << 2);
         int bit[4];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) bit[u] = toks[u] * rb_bits + lane_bit;
+        for (int u = 0; u < 4; ++u) bit[u] = token_bit[u] + lane_bit;
         float gacc[2][NT][4];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -475,12 +521,12 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
           for (int nt = 0; nt < NT; ++nt) gacc[mt][nt][0] = gacc[mt][nt][1] = gacc[mt][nt][2] = gacc[mt][nt][3] = 0.0f;
         KeyGroupAnyWidth<NT>(w, words, tables, base, qfrag + s_base * NT * 32, steps, bit, gacc);
         s_base += steps;
-        const unsigned short* norms = reinterpret_cast<const unsigned short*>(stage + key_norms_offset + 2 * g);
+        const unsigned char* norms = stage + 2 * g;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           // Records are an even number of bytes, so norms are 2-byte aligned.
-          const float n0 = __half2float(__ushort_as_half(norms[(toks[2 * mt] * rb) >> 1]));
-          const float n1 = __half2float(__ushort_as_half(norms[(toks[2 * mt + 1] * rb) >> 1]));
+          const float n0 = __half2float(__ushort_as_half(Lds16(norms, token_norm[2 * mt])));
+          const float n1 = __half2float(__ushort_as_half(Lds16(norms, token_norm[2 * mt + 1])));
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
             s[mt][nt][0] = fmaf(n0, gacc[mt][nt][0], s[mt][nt][0]);
@@ -650,6 +696,13 @@ cudaError_t LaunchWithSharedMemory(Kernel kernel, dim3 grid, size_t smem, cudaSt
 
 int AttendMmaTableBytes(const int* key_bits, int num_groups, int value_bits) {
   return TableBytes(key_bits, num_groups, value_bits);
+}
+
+void AttendMmaTableImage(const int* key_bits, const float* const* key_centroids, int num_groups, int value_bits,
+                         const float* value_centroids, unsigned char* image, int* offsets) {
+  PlaceTables(key_bits, num_groups, value_bits, offsets);
+  for (int g = 0; g < num_groups; ++g) FillLevelTable(image + offsets[g], key_centroids[g], key_bits[g]);
+  FillLevelTable(image + offsets[kMaxGroups], value_centroids, value_bits);
 }
 
 bool AttendMmaSupports(int head_dim, int rows, int max_record_bytes, int table_bytes) {

@@ -1,175 +1,306 @@
-// Encode and decode kernels, one thread per coordinate: encode takes a
-// tile of tokens per block (each rotation element loaded serves the whole
-// tile), decode one token per block. Keys follow ALGORITHM.md section 3
-// (permute, per-group norm, rotate, nearest centroid, corrected fp16
-// norm), values section 4.
+// Encode and decode kernels. Keys follow ALGORITHM.md section 3 (permute,
+// per-group norm, rotate, nearest centroid, corrected fp16 norm), values
+// section 4.
+//
+// Encode: one block per (tile of kEncodeTokens tokens, KV head). The
+// rotations y = R u run on the tensor cores as one GEMM per group,
+// Y (tokens x dim) = U (tokens x dim) . R^T, with mma.sync m16n8k16 in
+// fp32 accumulators: U and R are split into fp16 hi + lo parts (three MMAs,
+// hi.hi + hi.lo + lo.hi), which keeps y at fp32 accuracy. U is the
+// normalised vector (|u_j| <= 1), so its lo parts stay clear of the fp16
+// subnormal range whatever the scale of the input. The codes agree with the
+// CPU's except at near-ties, where the two sums' roundings differ.
+// Decode: one token per block, a thread per coordinate.
+#include <cuda_fp16.h>
+
 #include "kernels/cuda/device_common.cuh"
 
 namespace ropekv::kernels::cuda {
 namespace {
 
-constexpr int kEncodeTokens = 16;  // tokens per encode block
+constexpr int kEncodeTokens = 32;  // tokens per encode block: two MMA m-tiles
+constexpr int kEncodeWarps = 4;
+constexpr int kEncodeThreads = 32 * kEncodeWarps;
+constexpr int kTilesPerWarp = 4;   // n-tiles (8 output coordinates each) a warp takes per pass
 
 // 32-bit words of one token's packed code stream (at most 8 bits a
 // coordinate) plus one, so that a code's upper part always has a word.
 __host__ __device__ constexpr int StreamWords(int d) { return d * 8 / 32 + 1; }
+// Row stride of the tile in 4-byte elements: 8 more than d, so that the
+// 8-byte loads of one MMA fragment (8 rows x 4 pairs) hit distinct banks.
+__host__ __device__ constexpr int TileStride(int d) { return d + 8; }
 
-// Shared memory of one encode block: the tile's vectors [d][T] (permuted
-// keys, then values; token-minor, so that one 16-byte load gives four
-// tokens' coordinate), squared levels [T][d], norms and corrected norms
-// [T][kMaxGroups + 1], packed code streams [T][StreamWords(d)].
-size_t EncodeSharedBytes(int d) {
-  return static_cast<size_t>(kEncodeTokens) * d * 2 * sizeof(float) +
-         2 * sizeof(float) * kEncodeTokens * (kMaxGroups + 1) +
-         sizeof(uint32_t) * kEncodeTokens * StreamWords(d);
+// Shared memory of one encode block: the tile [T][TileStride(d)] (fp32
+// inputs, then in place each element's fp16 hi and lo parts), norms and
+// their inverses [T][kMaxGroups + 1], corrected norms [T][kMaxGroups + 1],
+// packed code streams [T][StreamWords(d)], record pointers [T], the
+// inverse permutation [d], boundaries and levels [max_levels] each, the
+// codes [T][d] and each slot's group [d] (one byte each).
+size_t EncodeSharedBytes(int d, int max_levels) {
+  return sizeof(float) * kEncodeTokens * TileStride(d) + 3 * sizeof(float) * kEncodeTokens * (kMaxGroups + 1) +
+         sizeof(uint32_t) * kEncodeTokens * StreamWords(d) + sizeof(uint8_t*) * kEncodeTokens + sizeof(int) * d +
+         2 * sizeof(float) * max_levels + static_cast<size_t>(kEncodeTokens) * d + d;
 }
 
-// Zeroes the tile's packed streams.
+__device__ __forceinline__ void Mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// u -> {fp16(u), fp16(u - fp16(u))} in one 32-bit word (hi in the low half).
+__device__ __forceinline__ uint32_t SplitHalf(float u) {
+  const __half hi = __float2half_rn(u);
+  const __half lo = __float2half_rn(u - __half2float(hi));
+  return static_cast<uint32_t>(__half_as_ushort(hi)) | (static_cast<uint32_t>(__half_as_ushort(lo)) << 16);
+}
+
+// Normalises each group of the tile's first `tokens` rows (x times the
+// inverse of its group's norm; zero vectors stay zero) and splits it in
+// place into fp16 hi/lo words. The rows of padding tokens stay 0.0f, whose
+// bits are a zero hi/lo pair. A warp per row, a lane per slot.
+__device__ void SplitTile(float* tile, int stride, int d, const uint8_t* group_of, const float* inv_norm,
+                          int norm_stride, int tokens) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int t = warp; t < tokens; t += kEncodeWarps) {
+    for (int j = lane; j < d; j += 32) {
+      float* x = tile + t * stride + j;
+      const float u = *x * inv_norm[t * norm_stride + (group_of == nullptr ? 0 : group_of[j])];
+      *reinterpret_cast<uint32_t*>(x) = SplitHalf(u);
+    }
+  }
+}
+
+// Rotates and quantizes one group of the tile: Y = U R^T for slots
+// [offset, offset + dim), then each y's nearest centroid goes to codes[t][slot]
+// and is OR-ed into the token's packed stream at code_bit + (slot - offset)
+// x bits (the dense LSB-first packing of planner/packed_layout.md).
+// Warp w takes n-tiles w, w + 4, .. (kTilesPerWarp a pass) for both
+// m-tiles; fragments: A (m = token, k = slot) from the split tile, B (k,
+// n) = R[n][k] from the split rotation (row n of R: consecutive k).
+__device__ void RotateQuantizeGroup(const uint32_t* tile, int stride, int offset, int dim, const uint16_t* split,
+                                    const float* boundaries, int bits, int code_bit, int tokens, uint8_t* codes,
+                                    int d, uint32_t* streams) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 4, c = lane % 4;
+  const int n_tiles = (dim + 7) / 8, k_steps = (dim + 15) / 16;
+  const uint32_t* r_hi = reinterpret_cast<const uint32_t*>(split);
+  const uint32_t* r_lo = reinterpret_cast<const uint32_t*>(split + dim * dim);
+  for (int first = warp; first < n_tiles; first += kEncodeWarps * kTilesPerWarp) {
+    float acc[2][kTilesPerWarp][4] = {};
+    for (int s = 0; s < k_steps; ++s) {
+      // A: rows r, r+8 of each m-tile; slots 16s + 2c (+1) and + 8. Group
+      // dims are even, so a pair is wholly inside the group or outside.
+      uint32_t a_hi[2][4], a_lo[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int row = 16 * mt + r + 8 * (q & 1), k = 16 * s + 2 * c + 8 * (q >> 1);
+          uint2 v = make_uint2(0u, 0u);
+          if (k < dim) v = *reinterpret_cast<const uint2*>(tile + row * stride + offset + k);
+          a_hi[mt][q] = __byte_perm(v.x, v.y, 0x5410);
+          a_lo[mt][q] = __byte_perm(v.x, v.y, 0x7632);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kTilesPerWarp; ++i) {
+        const int nt = first + i * kEncodeWarps;
+        if (nt >= n_tiles) break;  // warp-uniform
+        const int n = 8 * nt + r;
+        const int k0 = 16 * s + 2 * c, k1 = k0 + 8;
+        const bool ok0 = n < dim && k0 < dim, ok1 = n < dim && k1 < dim;
+        const uint32_t bh0 = ok0 ? r_hi[(n * dim + k0) / 2] : 0u, bh1 = ok1 ? r_hi[(n * dim + k1) / 2] : 0u;
+        const uint32_t bl0 = ok0 ? r_lo[(n * dim + k0) / 2] : 0u, bl1 = ok1 ? r_lo[(n * dim + k1) / 2] : 0u;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          Mma(acc[mt][i], a_hi[mt], bh0, bh1);
+          Mma(acc[mt][i], a_hi[mt], bl0, bl1);
+          Mma(acc[mt][i], a_lo[mt], bh0, bh1);
+        }
+      }
+    }
+    // Accumulator q of (mt, i): token 16 mt + r + 8 (q >> 1), output
+    // coordinate 8 nt + 2c + (q & 1).
+#pragma unroll
+    for (int i = 0; i < kTilesPerWarp; ++i) {
+      const int nt = first + i * kEncodeWarps;
+      if (nt >= n_tiles) break;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int t = 16 * mt + r + 8 * (q >> 1), n = 8 * nt + 2 * c + (q & 1);
+          if (t < tokens && n < dim) {
+            const int code = NearestCode(boundaries, 1 << bits, acc[mt][i][q]);
+            codes[t * d + offset + n] = static_cast<uint8_t>(code);
+            const int bit = code_bit + n * bits, sh = bit & 31;
+            uint32_t* stream = streams + t * StreamWords(d) + (bit >> 5);
+            atomicOr(stream, static_cast<uint32_t>(code) << sh);
+            if (sh + bits > 32) atomicOr(stream + 1, static_cast<uint32_t>(code) >> (32 - sh));
+          }
+        }
+      }
+    }
+  }
+}
+
+// Group norms (a sequential fmaf over the group) and their inverses (0
+// for a zero vector), a thread per (token, group).
+__device__ void GroupNorms(const float* tile, int stride, const HeadPlanDevice& hp, bool values, int tokens,
+                           float* norm, float* inv_norm) {
+  constexpr int kNorms = kMaxGroups + 1;
+  const int groups = values ? 1 : hp.num_groups;
+  for (int e = threadIdx.x; e < tokens * groups; e += blockDim.x) {
+    const int t = e / groups, g = e % groups;
+    const int off = values ? 0 : hp.group_offset[g], dim = values ? hp.head_dim : hp.group_dim[g];
+    const float* v = tile + t * stride + off;
+    float s = 0.0f;
+    for (int j = 0; j < dim; ++j) s = fmaf(v[j], v[j], s);
+    const float n = sqrtf(s);
+    norm[t * kNorms + (values ? kMaxGroups : g)] = n;
+    inv_norm[t * kNorms + (values ? kMaxGroups : g)] = n > 0.0f ? 1.0f / n : 0.0f;
+  }
+}
+
+// Corrected norms n / ||c[codes]|| (sum in slot order), a thread per
+// (token, group).
+__device__ void CorrectedNorms(const uint8_t* codes, int d, const HeadPlanDevice& hp, bool values, int tokens,
+                               const float* levels, const int* level_offset, const float* norm, float* corrected) {
+  constexpr int kNorms = kMaxGroups + 1;
+  const int groups = values ? 1 : hp.num_groups;
+  for (int e = threadIdx.x; e < tokens * groups; e += blockDim.x) {
+    const int t = e / groups, g = e % groups;
+    const int off = values ? 0 : hp.group_offset[g], dim = values ? hp.head_dim : hp.group_dim[g];
+    const float* centroids = levels + level_offset[values ? kMaxGroups : g];
+    const uint8_t* code = codes + t * d + off;
+    float s = 0.0f;
+    for (int j = 0; j < dim; ++j) {
+      const float cj = centroids[code[j]];
+      s += cj * cj;
+    }
+    const int slot = values ? kMaxGroups : g;
+    corrected[t * kNorms + slot] = norm[t * kNorms + slot] / sqrtf(s);
+  }
+}
+
 __device__ void ClearStreams(uint32_t* streams, int d) {
   for (int e = threadIdx.x; e < kEncodeTokens * StreamWords(d); e += blockDim.x) streams[e] = 0;
 }
 
 // Copies bytes [0, bytes) of each token's packed stream to its record at
-// byte `offset`, a thread per (token, byte).
-__device__ void StoreStreams(const EncodeParams& p, const HeadPlanDevice& hp, long long t0, int tokens,
-                             const uint32_t* streams, int d, int bytes, int offset) {
-  for (int e = threadIdx.x; e < tokens * bytes; e += blockDim.x) {
-    const int t = e / bytes, b = e % bytes;
-    const uint32_t word = streams[t * StreamWords(d) + b / 4];
-    RecordAt(p.cache, hp, p.first_token + t0 + t)[offset + b] = static_cast<uint8_t>(word >> (8 * (b % 4)));
+// byte `offset`, a warp per token.
+__device__ void StoreStreams(uint8_t* const* records, int tokens, const uint32_t* streams, int d, int bytes,
+                             int offset) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int t = warp; t < tokens; t += kEncodeWarps) {
+    uint8_t* rec = records[t] + offset;
+    const uint32_t* stream = streams + t * StreamWords(d);
+    for (int b = lane; b < bytes; b += 32) rec[b] = static_cast<uint8_t>(stream[b >> 2] >> (8 * (b & 3)));
   }
 }
 
-// Quantizes one group of every token of the tile: thread `slot` rotates
-// its coordinate for all T tokens (one rotation load per T fused
-// multiply-adds; the tile's coordinate j is read from shared memory as
-// four 16-byte broadcasts), then picks the nearest centroid and ORs it
-// into the token's packed stream at `stream_bit` (the dense LSB-first
-// packing of planner/packed_layout.md). rotation_t is R transposed, so the
-// threads of a warp load consecutive floats. Sums run in the same order as
-// before (sequential fmaf over the group).
-__device__ void QuantizeTile(int slot, int offset, int dim, const float* rotation_t, const float* boundaries,
-                             const float* centroids, int bits, const float* x, int d, const float* norm,
-                             int norm_stride, int tokens, int stream_bit, uint32_t* streams, float* level_sq) {
-  const float* column = rotation_t + (slot - offset);
-  float y[kEncodeTokens];
-#pragma unroll
-  for (int t = 0; t < kEncodeTokens; ++t) y[t] = 0.0f;
-  static_assert(kEncodeTokens % 4 == 0, "tiles are read as float4");
-  for (int j = 0; j < dim; ++j) {
-    const float r = column[static_cast<long long>(j) * dim];
-    const float4* xj = reinterpret_cast<const float4*>(x + (offset + j) * kEncodeTokens);
-#pragma unroll
-    for (int q = 0; q < kEncodeTokens / 4; ++q) {
-      const float4 v = xj[q];
-      y[4 * q] = fmaf(r, v.x, y[4 * q]);
-      y[4 * q + 1] = fmaf(r, v.y, y[4 * q + 1]);
-      y[4 * q + 2] = fmaf(r, v.z, y[4 * q + 2]);
-      y[4 * q + 3] = fmaf(r, v.w, y[4 * q + 3]);
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < kEncodeTokens; ++t) {
-    if (t < tokens) {
-      const float n = norm[t * norm_stride];
-      const int code = NearestCode(boundaries, 1 << bits, n > 0.0f ? y[t] / n : 0.0f);
-      uint32_t* stream = streams + t * StreamWords(d);
-      const int sh = stream_bit & 31;
-      atomicOr(stream + (stream_bit >> 5), static_cast<uint32_t>(code) << sh);
-      if (sh + bits > 32) atomicOr(stream + (stream_bit >> 5) + 1, static_cast<uint32_t>(code) >> (32 - sh));
-      const float c = centroids[code];
-      level_sq[t * d + slot] = c * c;
-    }
-  }
-}
-
-// One block per (tile of kEncodeTokens tokens, KV head), one thread per
-// coordinate: keys (permute, per-group norm, rotate, nearest centroid,
-// corrected norm), then values, then every record byte of the tile.
-__global__ void EncodeKernel(EncodeParams p) {
+__global__ void __launch_bounds__(kEncodeThreads) EncodeKernel(EncodeParams p) {
   extern __shared__ __align__(16) unsigned char encode_smem[];
-  const int d = p.head_dim;
-  float* x = reinterpret_cast<float*>(encode_smem);                // [d][T]
-  float* level_sq = x + kEncodeTokens * d;                          // [T][d]
-  float* norm = level_sq + kEncodeTokens * d;                       // [T][kMaxGroups + 1]
-  float* corrected = norm + kEncodeTokens * (kMaxGroups + 1);       // [T][kMaxGroups + 1]
-  uint32_t* streams = reinterpret_cast<uint32_t*>(corrected + kEncodeTokens * (kMaxGroups + 1));  // [T][words]
   constexpr int kNorms = kMaxGroups + 1;
+  const int d = p.head_dim, stride = TileStride(d);
+  float* tile = reinterpret_cast<float*>(encode_smem);                                    // [T][stride]
+  float* norm = tile + kEncodeTokens * stride;                                            // [T][kNorms]
+  float* inv_norm = norm + kEncodeTokens * kNorms;                                        // [T][kNorms]
+  float* corrected = inv_norm + kEncodeTokens * kNorms;                                   // [T][kNorms]
+  uint32_t* streams = reinterpret_cast<uint32_t*>(corrected + kEncodeTokens * kNorms);    // [T][words]
+  uint8_t** records = reinterpret_cast<uint8_t**>(streams + kEncodeTokens * StreamWords(d));  // [T]
+  int* slot_of = reinterpret_cast<int*>(records + kEncodeTokens);                         // [d]
+  float* boundaries = reinterpret_cast<float*>(slot_of + d);                              // [max_levels]
+  float* levels = boundaries + p.max_levels;                                              // [max_levels]
+  uint8_t* codes = reinterpret_cast<uint8_t*>(levels + p.max_levels);                     // [T][d]
+  uint8_t* group_of = codes + kEncodeTokens * d;                                          // [d]
+  __shared__ int level_offset[kMaxGroups + 1];  // of each group's codebook in boundaries / levels
+
   const long long t0 = static_cast<long long>(blockIdx.x) * kEncodeTokens;
   const int tokens = static_cast<int>(min(static_cast<long long>(kEncodeTokens), p.num_tokens - t0));
   const int h = blockIdx.y;
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const HeadPlanDevice& hp = p.heads[h];
   const int num_groups = hp.num_groups;
   const float* keys = p.keys + (static_cast<long long>(h) * p.num_tokens + t0) * d;
   const float* values = p.values + (static_cast<long long>(h) * p.num_tokens + t0) * d;
 
-  // Keys.
+  // Plan tables in shared memory: the nearest-level search and the
+  // corrected norms read them for every coordinate.
+  if (tid == 0) {
+    int at = 0;
+    for (int g = 0; g < num_groups; ++g) {
+      level_offset[g] = at;
+      at += 1 << hp.group_bits[g];
+    }
+    level_offset[kMaxGroups] = at;
+  }
+  for (int j = tid; j < d; j += blockDim.x) {
+    slot_of[hp.permutation[j]] = j;
+    group_of[j] = static_cast<uint8_t>(GroupOf(hp, j));
+  }
+  if (tid < tokens) records[tid] = RecordAt(p.cache, hp, p.first_token + t0 + tid);
   ClearStreams(streams, d);
-  for (int e = tid; e < kEncodeTokens * d; e += blockDim.x) {  // padding tokens read as zeros
-    const int t = e % kEncodeTokens, j = e / kEncodeTokens;
-    x[e] = t < tokens ? keys[static_cast<long long>(t) * d + hp.permutation[j]] : 0.0f;
+  __syncthreads();
+  for (int g = 0; g <= num_groups; ++g) {
+    const bool v = g == num_groups;
+    const int n = 1 << (v ? hp.value_bits : hp.group_bits[g]);
+    const int at = level_offset[v ? kMaxGroups : g];
+    const float* b = v ? hp.value_boundaries : hp.boundaries[g];
+    const float* c = v ? hp.value_centroids : hp.centroids[g];
+    for (int i = tid; i < n; i += blockDim.x) {
+      levels[at + i] = c[i];
+      if (i + 1 < n) boundaries[at + i] = b[i];
+    }
+  }
+
+  // Keys: rows read coalesced, dimension i scattered to its permuted slot.
+  for (int t = warp; t < kEncodeTokens; t += kEncodeWarps) {  // padding tokens read as zeros
+    for (int i = lane; i < d; i += 32) {
+      tile[t * stride + slot_of[i]] = t < tokens ? keys[static_cast<long long>(t) * d + i] : 0.0f;
+    }
   }
   __syncthreads();
-  for (int e = tid; e < tokens * num_groups; e += blockDim.x) {
-    const int t = e / num_groups, g = e % num_groups;
-    const float* v = x + hp.group_offset[g] * kEncodeTokens + t;
-    float s = 0.0f;
-    for (int j = 0; j < hp.group_dim[g]; ++j) s = fmaf(v[j * kEncodeTokens], v[j * kEncodeTokens], s);
-    norm[t * kNorms + g] = sqrtf(s);
+  GroupNorms(tile, stride, hp, false, tokens, norm, inv_norm);
+  __syncthreads();
+  SplitTile(tile, stride, d, group_of, inv_norm, kNorms, tokens);
+  __syncthreads();
+  for (int g = 0; g < num_groups; ++g) {
+    RotateQuantizeGroup(reinterpret_cast<const uint32_t*>(tile), stride, hp.group_offset[g], hp.group_dim[g],
+                        hp.rotation_split[g], boundaries + level_offset[g], hp.group_bits[g],
+                        hp.group_code_bit_offset[g], tokens, codes, d, streams);
   }
   __syncthreads();
-  if (tid < d) {
-    const int g = GroupOf(hp, tid);
-    const int bit = hp.group_code_bit_offset[g] + (tid - hp.group_offset[g]) * hp.group_bits[g];
-    QuantizeTile(tid, hp.group_offset[g], hp.group_dim[g], hp.rotation_t[g], hp.boundaries[g], hp.centroids[g],
-                 hp.group_bits[g], x, d, norm + g, kNorms, tokens, bit, streams, level_sq);
-  }
-  __syncthreads();
-  for (int e = tid; e < tokens * num_groups; e += blockDim.x) {
-    const int t = e / num_groups, g = e % num_groups;
-    const float* l = level_sq + t * d + hp.group_offset[g];
-    float s = 0.0f;
-    for (int j = 0; j < hp.group_dim[g]; ++j) s += l[j];
-    corrected[t * kNorms + g] = norm[t * kNorms + g] / sqrtf(s);
-  }
-  StoreStreams(p, hp, t0, tokens, streams, d, (hp.key_code_bits + 7) / 8, hp.key_codes_offset);
+  CorrectedNorms(codes, d, hp, false, tokens, levels, level_offset, norm, corrected);
+  StoreStreams(records, tokens, streams, d, (hp.key_code_bits + 7) / 8, hp.key_codes_offset);
   __syncthreads();
 
-  // Values: one group of d coordinates.
+  // Values: one group of d coordinates, no permutation.
   ClearStreams(streams, d);
-  for (int e = tid; e < kEncodeTokens * d; e += blockDim.x) {
-    const int t = e % kEncodeTokens, j = e / kEncodeTokens;
-    x[e] = t < tokens ? values[static_cast<long long>(t) * d + j] : 0.0f;
+  for (int t = warp; t < kEncodeTokens; t += kEncodeWarps) {
+    for (int i = lane; i < d; i += 32) {
+      tile[t * stride + i] = t < tokens ? values[static_cast<long long>(t) * d + i] : 0.0f;
+    }
   }
   __syncthreads();
-  for (int t = tid; t < tokens; t += blockDim.x) {
-    const float* v = x + t;
-    float s = 0.0f;
-    for (int j = 0; j < d; ++j) s = fmaf(v[j * kEncodeTokens], v[j * kEncodeTokens], s);
-    norm[t * kNorms + kMaxGroups] = sqrtf(s);
-  }
+  GroupNorms(tile, stride, hp, true, tokens, norm, inv_norm);
   __syncthreads();
-  if (tid < d) {
-    QuantizeTile(tid, 0, d, hp.value_rotation_t, hp.value_boundaries, hp.value_centroids, hp.value_bits, x, d,
-                 norm + kMaxGroups, kNorms, tokens, tid * hp.value_bits, streams, level_sq);
-  }
+  SplitTile(tile, stride, d, nullptr, inv_norm + kMaxGroups, kNorms, tokens);
   __syncthreads();
-  for (int t = tid; t < tokens; t += blockDim.x) {
-    const float* l = level_sq + t * d;
-    float s = 0.0f;
-    for (int j = 0; j < d; ++j) s += l[j];
-    corrected[t * kNorms + kMaxGroups] = norm[t * kNorms + kMaxGroups] / sqrtf(s);
-  }
-  StoreStreams(p, hp, t0, tokens, streams, d, (d * hp.value_bits + 7) / 8, hp.value_codes_offset);
+  RotateQuantizeGroup(reinterpret_cast<const uint32_t*>(tile), stride, 0, d, hp.value_rotation_split,
+                      boundaries + level_offset[kMaxGroups], hp.value_bits, 0, tokens, codes, d, streams);
+  __syncthreads();
+  CorrectedNorms(codes, d, hp, true, tokens, levels, level_offset, norm, corrected);
+  StoreStreams(records, tokens, streams, d, (d * hp.value_bits + 7) / 8, hp.value_codes_offset);
   __syncthreads();
   // Norms, a thread per (token, norm).
   for (int e = tid; e < tokens * (num_groups + 1); e += blockDim.x) {
     const int t = e / (num_groups + 1), g = e % (num_groups + 1);
     const float n = corrected[t * kNorms + (g < num_groups ? g : kMaxGroups)];
     if (!(n <= 65504.0f)) atomicExch(p.overflow, 1);
-    uint8_t* rec = RecordAt(p.cache, hp, p.first_token + t0 + t);
-    StoreHalf(rec + (g < num_groups ? hp.key_norms_offset + 2 * g : hp.value_norm_offset), n);
+    StoreHalf(records[t] + (g < num_groups ? hp.key_norms_offset + 2 * g : hp.value_norm_offset), n);
   }
 }
 
@@ -226,13 +357,13 @@ cudaError_t LaunchEncode(const EncodeParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>((p.num_tokens + kEncodeTokens - 1) / kEncodeTokens),
                   static_cast<unsigned>(p.num_heads));
-  const size_t smem = EncodeSharedBytes(p.head_dim);
+  const size_t smem = EncodeSharedBytes(p.head_dim, p.max_levels);
   if (smem > 48 * 1024) {
     const cudaError_t err =
         cudaFuncSetAttribute(EncodeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  EncodeKernel<<<grid, BlockFor(p.head_dim), smem, stream>>>(p);
+  EncodeKernel<<<grid, kEncodeThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -91,6 +91,22 @@ int MmaTableBytes(const planner::LayerPlan& plan) {
   return bytes;
 }
 
+// Whether every level of the plan's codebooks is an fp16 value, as the
+// planner makes them: the tensor-core kernel reads levels as fp16 MMA
+// inputs, so any other codebook takes the scalar kernel.
+bool HalfExactLevels(const planner::LayerPlan& plan) {
+  auto exact = [](const std::vector<float>& levels) {
+    return std::all_of(levels.begin(), levels.end(), [](float c) { return planner::RoundToHalf(c) == c; });
+  };
+  for (const planner::HeadPlan& hp : plan.heads) {
+    if (!exact(hp.value_codebook.centroids)) return false;
+    for (const planner::KeyGroupPlan& kg : hp.key_groups) {
+      if (!exact(kg.codebook.centroids)) return false;
+    }
+  }
+  return true;
+}
+
 uint64_t Fingerprint(const planner::LayerPlan& plan) {
   uint64_t h = 0xcbf29ce484222325ull;
   auto mix = [&](uint64_t v) {
@@ -251,6 +267,7 @@ class CudaBackend final : public Backend {
     if (!pages.ok()) return pages.status();
     p.cache = *pages;
     p.overflow = ln.flag.as<int>();
+    p.max_levels = (*dp)->max_levels;
     ln.last_encode = p;
     RETURN_IF_CUDA(dev::LaunchEncode(p, ln.stream), "encode launch");
     int overflow = 0;
@@ -295,14 +312,14 @@ class CudaBackend final : public Backend {
   }
 
   // The tensor-core kernel needs 16-token tiles that never straddle a page,
-  // 16-byte aligned pages and tiles that fit in shared memory; anything
-  // else takes the scalar kernel.
+  // 16-byte aligned pages, tiles that fit in shared memory and fp16
+  // codebook levels; anything else takes the scalar kernel.
   static bool MmaEligible(const planner::LayerPlan& plan, const PagedLayerView& cache, int64_t end, int rows) {
     int max_record_bytes = 0;
     for (const planner::HeadPlan& hp : plan.heads) max_record_bytes = std::max(max_record_bytes, hp.layout.record_bytes);
     return dev::AttendMmaSupports(plan.heads[0].head_dim, rows, max_record_bytes, MmaTableBytes(plan)) &&
            cache.page_tokens % 16 == 0 &&
-           end < (int64_t{1} << 31) &&
+           end < (int64_t{1} << 31) && HalfExactLevels(plan) &&
            std::all_of(cache.pages, cache.pages + cache.num_pages, [](const uint8_t* page) {
              return reinterpret_cast<uintptr_t>(page) % 16 == 0;
            });
@@ -721,8 +738,8 @@ class CudaBackend final : public Backend {
       return at;
     };
     struct Offsets {
-      size_t perm, rot[dev::kMaxGroups], rot_t[dev::kMaxGroups], cent[dev::kMaxGroups], bound[dev::kMaxGroups],
-          vrot, vrot_t, vcent, vbound;
+      size_t perm, rot[dev::kMaxGroups], rot_t[dev::kMaxGroups], rot_split[dev::kMaxGroups], cent[dev::kMaxGroups],
+          bound[dev::kMaxGroups], vrot, vrot_t, vrot_split, vcent, vbound, tables;
     };
     // The encode and query-rotation kernels compute R x with a thread per
     // output coordinate; reading R's transposed copy, the threads of a warp
@@ -733,6 +750,16 @@ class CudaBackend final : public Backend {
         for (int j = 0; j < n; ++j) t[static_cast<size_t>(j) * n + i] = m[static_cast<size_t>(i) * n + j];
       }
       return put(t.data(), t.size() * 4);
+    };
+    // The encode kernel rotates with fp16 tensor-core MMAs at fp32
+    // accuracy: R = hi + lo, both fp16 (R - hi is exact in fp32).
+    auto put_split = [&](const std::vector<float>& m) {
+      std::vector<uint16_t> parts(2 * m.size());
+      for (size_t i = 0; i < m.size(); ++i) {
+        parts[i] = planner::FloatToHalf(m[i]);
+        parts[m.size() + i] = planner::FloatToHalf(m[i] - planner::HalfToFloat(parts[i]));
+      }
+      return put(parts.data(), parts.size() * sizeof(uint16_t));
     };
     std::vector<Offsets> offs(plan.heads.size());
     std::vector<dev::HeadPlanDevice> heads(plan.heads.size());
@@ -757,6 +784,7 @@ class CudaBackend final : public Backend {
         d.group_code_bit_offset[g] = kg.code_bit_offset;
         offs[h].rot[g] = put(kg.rotation.data(), kg.rotation.size() * 4);
         offs[h].rot_t[g] = put_transposed(kg.rotation, kg.dim);
+        offs[h].rot_split[g] = put_split(kg.rotation);
         offs[h].cent[g] = put(kg.codebook.centroids.data(), kg.codebook.centroids.size() * 4);
         offs[h].bound[g] = put(kg.codebook.boundaries.data(), kg.codebook.boundaries.size() * 4 + 4);
         levels += 1 << kg.bits;
@@ -764,6 +792,7 @@ class CudaBackend final : public Backend {
       d.value_bits = hp.value_bits;
       offs[h].vrot = put(hp.value_rotation.data(), hp.value_rotation.size() * 4);
       offs[h].vrot_t = put_transposed(hp.value_rotation, hp.head_dim);
+      offs[h].vrot_split = put_split(hp.value_rotation);
       offs[h].vcent = put(hp.value_codebook.centroids.data(), hp.value_codebook.centroids.size() * 4);
       offs[h].vbound = put(hp.value_codebook.boundaries.data(), hp.value_codebook.boundaries.size() * 4 + 4);
       d.key_norms_offset = hp.layout.key_norms_offset;
@@ -773,6 +802,20 @@ class CudaBackend final : public Backend {
       d.value_codes_offset = hp.layout.value_codes_offset;
       d.record_bytes = hp.layout.record_bytes;
       d.record_prefix = prefix;
+      {
+        int bits[dev::kMaxGroups] = {};
+        const float* centroids[dev::kMaxGroups] = {};
+        for (size_t g = 0; g < hp.key_groups.size(); ++g) {
+          bits[g] = hp.key_groups[g].bits;
+          centroids[g] = hp.key_groups[g].codebook.centroids.data();
+        }
+        const int n = static_cast<int>(hp.key_groups.size());
+        std::vector<unsigned char> image(dev::AttendMmaTableBytes(bits, n, hp.value_bits));
+        dev::AttendMmaTableImage(bits, centroids, n, hp.value_bits, hp.value_codebook.centroids.data(), image.data(),
+                                 d.table_offset);
+        d.table_image_bytes = static_cast<int>(image.size());
+        offs[h].tables = put(image.data(), image.size());
+      }
       prefix += hp.layout.record_bytes;
       dp.max_record_bytes = std::max(dp.max_record_bytes, hp.layout.record_bytes);
       dp.max_levels = std::max(dp.max_levels, levels + (1 << hp.value_bits));
@@ -787,11 +830,14 @@ class CudaBackend final : public Backend {
       for (int g = 0; g < d.num_groups; ++g) {
         d.rotation[g] = reinterpret_cast<const float*>(base + offs[h].rot[g]);
         d.rotation_t[g] = reinterpret_cast<const float*>(base + offs[h].rot_t[g]);
+        d.rotation_split[g] = reinterpret_cast<const uint16_t*>(base + offs[h].rot_split[g]);
         d.centroids[g] = reinterpret_cast<const float*>(base + offs[h].cent[g]);
         d.boundaries[g] = reinterpret_cast<const float*>(base + offs[h].bound[g]);
       }
       d.value_rotation = reinterpret_cast<const float*>(base + offs[h].vrot);
       d.value_rotation_t = reinterpret_cast<const float*>(base + offs[h].vrot_t);
+      d.value_rotation_split = reinterpret_cast<const uint16_t*>(base + offs[h].vrot_split);
+      d.table_image = reinterpret_cast<const unsigned char*>(base + offs[h].tables);
       d.value_centroids = reinterpret_cast<const float*>(base + offs[h].vcent);
       d.value_boundaries = reinterpret_cast<const float*>(base + offs[h].vbound);
     }

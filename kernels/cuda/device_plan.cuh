@@ -26,11 +26,15 @@ struct HeadPlanDevice {
   const int* permutation;                 // [head_dim]: slot j <- dim permutation[j]
   const float* rotation[kMaxGroups];      // [dim, dim] row-major
   const float* rotation_t[kMaxGroups];    // the same, transposed (column j of R is row j)
+  // R split into fp16 parts, hi = fp16(R) then lo = fp16(R - hi), each
+  // [dim, dim] row-major: the encode's tensor-core rotation reads them.
+  const uint16_t* rotation_split[kMaxGroups];
   const float* centroids[kMaxGroups];     // [2^bits]
   const float* boundaries[kMaxGroups];    // [2^bits - 1]
   int value_bits;
   const float* value_rotation;            // [head_dim, head_dim]
   const float* value_rotation_t;          // the same, transposed
+  const uint16_t* value_rotation_split;   // [2, head_dim, head_dim]: hi, lo
   const float* value_centroids;           // [2^value_bits]
   const float* value_boundaries;          // [2^value_bits - 1]
   int key_norms_offset;                   // record layout (planner::TokenLayout)
@@ -40,6 +44,12 @@ struct HeadPlanDevice {
   int value_codes_offset;
   int record_bytes;
   int record_prefix;  // sum of record_bytes of the earlier heads of the layer
+  // The tensor-core attention kernel's decode tables, built once at upload
+  // (AttendMmaTableImage) and copied to shared memory by each block;
+  // table_offset[g] is key group g's table, [kMaxGroups] the values'.
+  const unsigned char* table_image;
+  int table_image_bytes;
+  int table_offset[kMaxGroups + 1];
 };
 
 // Token t of KV head h lives at
@@ -60,6 +70,7 @@ struct EncodeParams {
   long long first_token;  // cache position of token 0
   PagedLayerDevice cache;
   int* overflow;  // set to 1 when a corrected norm exceeds the fp16 range
+  int max_levels;  // key levels of all groups plus value levels, max over heads
 };
 
 struct DecodeParams {
@@ -150,6 +161,11 @@ cudaError_t LaunchAttendMma(const AttendParams& p, cudaStream_t stream);
 bool AttendMmaSupports(int head_dim, int rows, int max_record_bytes, int table_bytes);
 // Shared-memory bytes of one head's decode tables (key group widths, value width).
 int AttendMmaTableBytes(const int* key_bits, int num_groups, int value_bits);
+// Builds those tables on the host: image[AttendMmaTableBytes(..)] and the
+// byte offsets of each key group's table and (offsets[kMaxGroups]) the
+// value table's. Codebook levels must be fp16 values.
+void AttendMmaTableImage(const int* key_bits, const float* const* key_centroids, int num_groups, int value_bits,
+                         const float* value_centroids, unsigned char* image, int* offsets);
 
 cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream);
 

@@ -2,7 +2,9 @@
 
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "planner/half.h"
 
 namespace ropekv::planner {
 namespace {
@@ -80,10 +82,37 @@ TEST(CodebookTest, ScaledForDimension) {
   ASSERT_TRUE(cb.ok());
   const GaussianQuantizer* q = *LloydMaxGaussian(3);
   for (int i = 0; i < 8; ++i) {
-    EXPECT_FLOAT_EQ(cb->centroids[i], static_cast<float>(q->centroids[i] / 8.0));
+    EXPECT_NEAR(cb->centroids[i], q->centroids[i] / 8.0, std::abs(q->centroids[i] / 8.0) * 0x1p-11);
   }
   EXPECT_EQ(cb->num_levels(), 8);
   EXPECT_EQ(cb->boundaries.size(), 7u);
+}
+
+// Every level is an fp16 value within half an fp16 step of the exact
+// scaled level, the levels stay symmetric and ascending, and each boundary
+// is the exact midpoint of its two levels.
+TEST(CodebookTest, LevelsAreHalfValues) {
+  for (int bits = 1; bits <= 8; ++bits) {
+    const GaussianQuantizer* q = *LloydMaxGaussian(bits);
+    for (int dim : {1, 2, 64, 128, 512, 16384}) {
+      SCOPED_TRACE(absl::StrCat("bits ", bits, " dim ", dim));
+      const Codebook cb = *LloydMaxCodebook(bits, dim);
+      const int n = cb.num_levels();
+      const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
+      for (int i = 0; i < n; ++i) {
+        const float c = cb.centroids[i];
+        EXPECT_EQ(HalfToFloat(FloatToHalf(c)), c);
+        EXPECT_GE(std::abs(c), 0x1p-14f);  // a normal fp16 value
+        EXPECT_LE(std::abs(c - q->centroids[i] * scale), std::abs(q->centroids[i] * scale) * 0x1p-11);
+        EXPECT_EQ(c, -cb.centroids[n - 1 - i]);
+        if (i > 0) EXPECT_LT(cb.centroids[i - 1], c);
+      }
+      for (int i = 0; i + 1 < n; ++i) {
+        EXPECT_EQ(static_cast<double>(cb.boundaries[i]),
+                  0.5 * (static_cast<double>(cb.centroids[i]) + cb.centroids[i + 1]));
+      }
+    }
+  }
 }
 
 TEST(CodebookTest, BadInput) {
