@@ -321,11 +321,7 @@ cudaError_t LaunchAttend(const AttendParams& p, cudaStream_t stream) {
   const size_t smem = AttendSharedBytes(p, p.max_record_bytes, p.max_levels);
   const dim3 grid(p.num_splits, p.num_kv_heads);
   auto launch = [&](auto kernel) {
-    if (smem > 48 * 1024) {  // opt in to large shared memory (Hopper: up to 227 KB)
-      const cudaError_t err = cudaFuncSetAttribute(
-          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-      if (err != cudaSuccess) return err;
-    }
+    if (const cudaError_t err = AllowSharedMemory(kernel, smem); err != cudaSuccess) return err;
     kernel<<<grid, kThreads, smem, stream>>>(p);
     return cudaGetLastError();
   };

@@ -539,19 +539,36 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
 
       // Online softmax in log2 units; masked or padded tokens get -inf
       // (selected, so that whatever bytes a padded record holds never
-      // reach the sums), and a zero value norm.
+      // reach the sums), and a zero value norm. Most tiles lie wholly
+      // inside the range and before every causal limit (q_i >= 0) and
+      // skip the per-token tests.
+      const bool whole = t0 >= begin && t0 + kTile <= end && (!p.causal || t0 + kTile - 1 <= p.causal_offset);
       float vnorm[2][2];
-      bool in_range[2][2];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
           const int tok = toks[2 * mt + u];
-          const long long t = t0 + tok;
-          in_range[mt][u] = t >= begin && t < end;
-          const unsigned short nb = *reinterpret_cast<const unsigned short*>(stage + tok * rb + value_norm_offset);
-          vnorm[mt][u] = in_range[mt][u] ? __half2float(__ushort_as_half(nb)) : 0.0f;
+          vnorm[mt][u] = __half2float(__ushort_as_half(Lds16(stage, tok * rb + value_norm_offset)));
         }
+      if (!whole) {
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const long long t = t0 + toks[2 * mt + u];
+            const bool in_range = t >= begin && t < end;
+            if (!in_range) vnorm[mt][u] = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+              for (int x = 0; x < 2; ++x) {
+                const bool visible = in_range && (!p.causal || t <= p.causal_offset + q_i[nt][x]);
+                float& v = s[mt][nt][2 * u + x];
+                v = visible ? v : -INFINITY;
+              }
+          }
+      }
       bool grew = false;
       float alpha[NT][2];
 #pragma unroll
@@ -562,13 +579,7 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
 #pragma unroll
           for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-              const long long t = t0 + toks[2 * mt + u];
-              const bool visible = in_range[mt][u] && (!p.causal || t <= p.causal_offset + q_i[nt][x]);
-              float& v = s[mt][nt][2 * u + x];
-              v = visible ? v : -INFINITY;
-              mx = fmaxf(mx, v);
-            }
+            for (int u = 0; u < 2; ++u) mx = fmaxf(mx, s[mt][nt][2 * u + x]);
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
@@ -684,11 +695,7 @@ int RowTiles(int rows) { return rows > 8 ? 2 : 1; }
 // shared memory when needed (Hopper: up to 227 KB).
 template <typename Kernel, typename Arg>
 cudaError_t LaunchWithSharedMemory(Kernel kernel, dim3 grid, size_t smem, cudaStream_t stream, Arg arg) {
-  if (smem > 48 * 1024) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
+  if (const cudaError_t err = AllowSharedMemory(kernel, smem); err != cudaSuccess) return err;
   return LaunchDependent(kernel, grid, dim3(kThreads), smem, stream, arg);
 }
 

@@ -30,17 +30,27 @@ __host__ __device__ constexpr int StreamWords(int d) { return d * 8 / 32 + 1; }
 // 8-byte loads of one MMA fragment (8 rows x 4 pairs) hit distinct banks.
 __host__ __device__ constexpr int TileStride(int d) { return d + 8; }
 
-// Shared memory of one encode block: the tile [T][TileStride(d)] (fp32
-// inputs, then in place each element's fp16 hi and lo parts), norms and
+// Shared memory of one encode block: the key and the value tile, each
+// [T][TileStride(d)] (fp32 inputs, then in place each element's fp16 hi
+// and lo parts), norms and
 // their inverses [T][kMaxGroups + 1], corrected norms [T][kMaxGroups + 1],
-// packed code streams [T][StreamWords(d)], record pointers [T], the
-// inverse permutation [d], boundaries and levels [max_levels] each, the
-// codes [T][d] and each slot's group [d] (one byte each).
+// packed code streams [T][StreamWords(d)], record pointers [T],
+// boundaries and levels [max_levels] each, the codes [T][d] and each
+// slot's group [d] (one byte each).
 size_t EncodeSharedBytes(int d, int max_levels) {
-  return sizeof(float) * kEncodeTokens * TileStride(d) + 3 * sizeof(float) * kEncodeTokens * (kMaxGroups + 1) +
-         sizeof(uint32_t) * kEncodeTokens * StreamWords(d) + sizeof(uint8_t*) * kEncodeTokens + sizeof(int) * d +
+  return 2 * sizeof(float) * kEncodeTokens * TileStride(d) + 3 * sizeof(float) * kEncodeTokens * (kMaxGroups + 1) +
+         sizeof(uint32_t) * kEncodeTokens * StreamWords(d) + sizeof(uint8_t*) * kEncodeTokens +
          2 * sizeof(float) * max_levels + static_cast<size_t>(kEncodeTokens) * d + d;
 }
+
+// 4-byte asynchronous copy global -> shared; zeros when !valid.
+__device__ __forceinline__ void CpAsync4(void* smem, const void* global, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(global), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 __device__ __forceinline__ void Mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -77,19 +87,41 @@ __device__ void SplitTile(float* tile, int stride, int d, const uint8_t* group_o
 // [offset, offset + dim), then each y's nearest centroid goes to codes[t][slot]
 // and is OR-ed into the token's packed stream at code_bit + (slot - offset)
 // x bits (the dense LSB-first packing of planner/packed_layout.md).
-// Warp w takes n-tiles w, w + 4, .. (kTilesPerWarp a pass) for both
-// m-tiles; fragments: A (m = token, k = slot) from the split tile, B (k,
+// Warp lead_warp + w takes n-tiles w, w + 4, .. (kTilesPerWarp a pass)
+// for both m-tiles; fragments: A (m = token, k = slot) from the split tile, B (k,
 // n) = R[n][k] from the split rotation (row n of R: consecutive k).
 __device__ void RotateQuantizeGroup(const uint32_t* tile, int stride, int offset, int dim, const uint16_t* split,
                                     const float* boundaries, int bits, int code_bit, int tokens, uint8_t* codes,
-                                    int d, uint32_t* streams) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, r = lane / 4, c = lane % 4;
+                                    int d, uint32_t* streams, int lead_warp) {
+  // Warps take n-tiles round robin from lead_warp on, so that the groups
+  // of one head, most of them one or two n-tiles wide, spread over the
+  // warps instead of all starting on warp 0.
+  const int warp = (threadIdx.x / 32 + kEncodeWarps - lead_warp) % kEncodeWarps;
+  const int lane = threadIdx.x % 32, r = lane / 4, c = lane % 4;
   const int n_tiles = (dim + 7) / 8, k_steps = (dim + 15) / 16;
   const uint32_t* r_hi = reinterpret_cast<const uint32_t*>(split);
   const uint32_t* r_lo = reinterpret_cast<const uint32_t*>(split + dim * dim);
   for (int first = warp; first < n_tiles; first += kEncodeWarps * kTilesPerWarp) {
     float acc[2][kTilesPerWarp][4] = {};
+    // B fragments of k-step s: {hi k0, hi k1, lo k0, lo k1} per n-tile,
+    // loaded a step ahead (they come from L1/L2).
+    auto load_b = [&](int s, uint32_t (&b)[kTilesPerWarp][4]) {
+#pragma unroll
+      for (int i = 0; i < kTilesPerWarp; ++i) {
+        const int n = 8 * (first + i * kEncodeWarps) + r;
+        const int k0 = 16 * s + 2 * c, k1 = k0 + 8;
+        const bool ok0 = n < dim && k0 < dim, ok1 = n < dim && k1 < dim;
+        b[i][0] = ok0 ? __ldg(r_hi + (n * dim + k0) / 2) : 0u;
+        b[i][1] = ok1 ? __ldg(r_hi + (n * dim + k1) / 2) : 0u;
+        b[i][2] = ok0 ? __ldg(r_lo + (n * dim + k0) / 2) : 0u;
+        b[i][3] = ok1 ? __ldg(r_lo + (n * dim + k1) / 2) : 0u;
+      }
+    };
+    uint32_t b[kTilesPerWarp][4];
+    load_b(0, b);
     for (int s = 0; s < k_steps; ++s) {
+      uint32_t next[kTilesPerWarp][4];
+      if (s + 1 < k_steps) load_b(s + 1, next);
       // A: rows r, r+8 of each m-tile; slots 16s + 2c (+1) and + 8. Group
       // dims are even, so a pair is wholly inside the group or outside.
       uint32_t a_hi[2][4], a_lo[2][4];
@@ -106,19 +138,19 @@ __device__ void RotateQuantizeGroup(const uint32_t* tile, int stride, int offset
       }
 #pragma unroll
       for (int i = 0; i < kTilesPerWarp; ++i) {
-        const int nt = first + i * kEncodeWarps;
-        if (nt >= n_tiles) break;  // warp-uniform
-        const int n = 8 * nt + r;
-        const int k0 = 16 * s + 2 * c, k1 = k0 + 8;
-        const bool ok0 = n < dim && k0 < dim, ok1 = n < dim && k1 < dim;
-        const uint32_t bh0 = ok0 ? r_hi[(n * dim + k0) / 2] : 0u, bh1 = ok1 ? r_hi[(n * dim + k1) / 2] : 0u;
-        const uint32_t bl0 = ok0 ? r_lo[(n * dim + k0) / 2] : 0u, bl1 = ok1 ? r_lo[(n * dim + k1) / 2] : 0u;
+        if (first + i * kEncodeWarps >= n_tiles) break;  // warp-uniform
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
-          Mma(acc[mt][i], a_hi[mt], bh0, bh1);
-          Mma(acc[mt][i], a_hi[mt], bl0, bl1);
-          Mma(acc[mt][i], a_lo[mt], bh0, bh1);
+          Mma(acc[mt][i], a_hi[mt], b[i][0], b[i][1]);
+          Mma(acc[mt][i], a_hi[mt], b[i][2], b[i][3]);
+          Mma(acc[mt][i], a_lo[mt], b[i][0], b[i][1]);
         }
+      }
+      if (s + 1 < k_steps) {
+#pragma unroll
+        for (int i = 0; i < kTilesPerWarp; ++i)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) b[i][q] = next[i][q];
       }
     }
     // Accumulator q of (mt, i): token 16 mt + r + 8 (q >> 1), output
@@ -146,8 +178,45 @@ __device__ void RotateQuantizeGroup(const uint32_t* tile, int stride, int offset
   }
 }
 
-// Group norms (a sequential fmaf over the group) and their inverses (0
-// for a zero vector), a thread per (token, group).
+// Norms of value rows (one group of d) and their inverses, a warp per
+// token: a long sequential sum per thread would hold the whole block at
+// the next barrier.
+__device__ void ValueNorms(const float* tile, int stride, int d, int tokens, float* norm, float* inv_norm) {
+  constexpr int kNorms = kMaxGroups + 1;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int t = warp; t < tokens; t += kEncodeWarps) {
+    float s = 0.0f;
+    for (int j = lane; j < d; j += 32) s = fmaf(tile[t * stride + j], tile[t * stride + j], s);
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) {
+      const float n = sqrtf(s);
+      norm[t * kNorms + kMaxGroups] = n;
+      inv_norm[t * kNorms + kMaxGroups] = n > 0.0f ? 1.0f / n : 0.0f;
+    }
+  }
+}
+
+// Value rows' corrected norms n / ||c[codes]||, a warp per token.
+__device__ void ValueCorrectedNorms(const uint8_t* codes, int d, int tokens, const float* levels, const float* norm,
+                                    float* corrected) {
+  constexpr int kNorms = kMaxGroups + 1;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int t = warp; t < tokens; t += kEncodeWarps) {
+    float s = 0.0f;
+    for (int j = lane; j < d; j += 32) {
+      const float c = levels[codes[t * d + j]];
+      s = fmaf(c, c, s);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) corrected[t * kNorms + kMaxGroups] = norm[t * kNorms + kMaxGroups] / sqrtf(s);
+  }
+}
+
+// Key group norms (a sequential fmaf over the group; groups are a few
+// dimensions each) and their inverses (0 for a zero vector), a thread per
+// (token, group).
 __device__ void GroupNorms(const float* tile, int stride, const HeadPlanDevice& hp, bool values, int tokens,
                            float* norm, float* inv_norm) {
   constexpr int kNorms = kMaxGroups + 1;
@@ -194,10 +263,17 @@ __device__ void ClearStreams(uint32_t* streams, int d) {
 __device__ void StoreStreams(uint8_t* const* records, int tokens, const uint32_t* streams, int d, int bytes,
                              int offset) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // A lane per stream word: one 32-bit load, up to four byte stores.
   for (int t = warp; t < tokens; t += kEncodeWarps) {
     uint8_t* rec = records[t] + offset;
     const uint32_t* stream = streams + t * StreamWords(d);
-    for (int b = lane; b < bytes; b += 32) rec[b] = static_cast<uint8_t>(stream[b >> 2] >> (8 * (b & 3)));
+    for (int k = lane; 4 * k < bytes; k += 32) {
+      const uint32_t word = stream[k];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        if (4 * k + b < bytes) rec[4 * k + b] = static_cast<uint8_t>(word >> (8 * b));
+      }
+    }
   }
 }
 
@@ -205,14 +281,14 @@ __global__ void __launch_bounds__(kEncodeThreads) EncodeKernel(EncodeParams p) {
   extern __shared__ __align__(16) unsigned char encode_smem[];
   constexpr int kNorms = kMaxGroups + 1;
   const int d = p.head_dim, stride = TileStride(d);
-  float* tile = reinterpret_cast<float*>(encode_smem);                                    // [T][stride]
-  float* norm = tile + kEncodeTokens * stride;                                            // [T][kNorms]
+  float* tile = reinterpret_cast<float*>(encode_smem);                                    // [T][stride] keys
+  float* value_tile = tile + kEncodeTokens * stride;                                      // [T][stride]
+  float* norm = value_tile + kEncodeTokens * stride;                                      // [T][kNorms]
   float* inv_norm = norm + kEncodeTokens * kNorms;                                        // [T][kNorms]
   float* corrected = inv_norm + kEncodeTokens * kNorms;                                   // [T][kNorms]
   uint32_t* streams = reinterpret_cast<uint32_t*>(corrected + kEncodeTokens * kNorms);    // [T][words]
   uint8_t** records = reinterpret_cast<uint8_t**>(streams + kEncodeTokens * StreamWords(d));  // [T]
-  int* slot_of = reinterpret_cast<int*>(records + kEncodeTokens);                         // [d]
-  float* boundaries = reinterpret_cast<float*>(slot_of + d);                              // [max_levels]
+  float* boundaries = reinterpret_cast<float*>(records + kEncodeTokens);                  // [max_levels]
   float* levels = boundaries + p.max_levels;                                              // [max_levels]
   uint8_t* codes = reinterpret_cast<uint8_t*>(levels + p.max_levels);                     // [T][d]
   uint8_t* group_of = codes + kEncodeTokens * d;                                          // [d]
@@ -227,6 +303,26 @@ __global__ void __launch_bounds__(kEncodeThreads) EncodeKernel(EncodeParams p) {
   const float* keys = p.keys + (static_cast<long long>(h) * p.num_tokens + t0) * d;
   const float* values = p.values + (static_cast<long long>(h) * p.num_tokens + t0) * d;
 
+  // Both tiles are copied asynchronously at once, so that every load of
+  // the block is in flight together (the rows are read from DRAM once;
+  // waiting on them one by one would dominate the kernel). Key slot j
+  // gathers dimension permutation[j]; padding tokens read as zeros.
+  for (int j = lane; j < d; j += 32) {
+    const int dim = hp.permutation[j];
+    for (int t = warp; t < kEncodeTokens; t += kEncodeWarps) {
+      const bool valid = t < tokens;
+      CpAsync4(tile + t * stride + j, keys + (valid ? static_cast<long long>(t) * d + dim : 0), valid);
+    }
+  }
+  CpAsyncCommit();
+  for (int j = lane; j < d; j += 32) {
+    for (int t = warp; t < kEncodeTokens; t += kEncodeWarps) {
+      const bool valid = t < tokens;
+      CpAsync4(value_tile + t * stride + j, values + (valid ? static_cast<long long>(t) * d + j : 0), valid);
+    }
+  }
+  CpAsyncCommit();
+
   // Plan tables in shared memory: the nearest-level search and the
   // corrected norms read them for every coordinate.
   if (tid == 0) {
@@ -237,10 +333,7 @@ __global__ void __launch_bounds__(kEncodeThreads) EncodeKernel(EncodeParams p) {
     }
     level_offset[kMaxGroups] = at;
   }
-  for (int j = tid; j < d; j += blockDim.x) {
-    slot_of[hp.permutation[j]] = j;
-    group_of[j] = static_cast<uint8_t>(GroupOf(hp, j));
-  }
+  for (int j = tid; j < d; j += blockDim.x) group_of[j] = static_cast<uint8_t>(GroupOf(hp, j));
   if (tid < tokens) records[tid] = RecordAt(p.cache, hp, p.first_token + t0 + tid);
   ClearStreams(streams, d);
   __syncthreads();
@@ -256,21 +349,18 @@ __global__ void __launch_bounds__(kEncodeThreads) EncodeKernel(EncodeParams p) {
     }
   }
 
-  // Keys: rows read coalesced, dimension i scattered to its permuted slot.
-  for (int t = warp; t < kEncodeTokens; t += kEncodeWarps) {  // padding tokens read as zeros
-    for (int i = lane; i < d; i += 32) {
-      tile[t * stride + slot_of[i]] = t < tokens ? keys[static_cast<long long>(t) * d + i] : 0.0f;
-    }
-  }
+  // Keys.
+  CpAsyncWait<1>();
   __syncthreads();
   GroupNorms(tile, stride, hp, false, tokens, norm, inv_norm);
   __syncthreads();
   SplitTile(tile, stride, d, group_of, inv_norm, kNorms, tokens);
   __syncthreads();
-  for (int g = 0; g < num_groups; ++g) {
+  for (int g = 0, lead = 0; g < num_groups; ++g) {
     RotateQuantizeGroup(reinterpret_cast<const uint32_t*>(tile), stride, hp.group_offset[g], hp.group_dim[g],
                         hp.rotation_split[g], boundaries + level_offset[g], hp.group_bits[g],
-                        hp.group_code_bit_offset[g], tokens, codes, d, streams);
+                        hp.group_code_bit_offset[g], tokens, codes, d, streams, lead);
+    lead = (lead + (hp.group_dim[g] + 7) / 8) % kEncodeWarps;
   }
   __syncthreads();
   CorrectedNorms(codes, d, hp, false, tokens, levels, level_offset, norm, corrected);
@@ -279,20 +369,17 @@ __global__ void __launch_bounds__(kEncodeThreads) EncodeKernel(EncodeParams p) {
 
   // Values: one group of d coordinates, no permutation.
   ClearStreams(streams, d);
-  for (int t = warp; t < kEncodeTokens; t += kEncodeWarps) {
-    for (int i = lane; i < d; i += 32) {
-      tile[t * stride + i] = t < tokens ? values[static_cast<long long>(t) * d + i] : 0.0f;
-    }
-  }
+  tile = value_tile;
+  CpAsyncWait<0>();
   __syncthreads();
-  GroupNorms(tile, stride, hp, true, tokens, norm, inv_norm);
+  ValueNorms(tile, stride, d, tokens, norm, inv_norm);
   __syncthreads();
   SplitTile(tile, stride, d, nullptr, inv_norm + kMaxGroups, kNorms, tokens);
   __syncthreads();
   RotateQuantizeGroup(reinterpret_cast<const uint32_t*>(tile), stride, 0, d, hp.value_rotation_split,
-                      boundaries + level_offset[kMaxGroups], hp.value_bits, 0, tokens, codes, d, streams);
+                      boundaries + level_offset[kMaxGroups], hp.value_bits, 0, tokens, codes, d, streams, 0);
   __syncthreads();
-  CorrectedNorms(codes, d, hp, true, tokens, levels, level_offset, norm, corrected);
+  ValueCorrectedNorms(codes, d, tokens, levels + level_offset[kMaxGroups], norm, corrected);
   StoreStreams(records, tokens, streams, d, (d * hp.value_bits + 7) / 8, hp.value_codes_offset);
   __syncthreads();
   // Norms, a thread per (token, norm).
@@ -358,11 +445,7 @@ cudaError_t LaunchEncode(const EncodeParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((p.num_tokens + kEncodeTokens - 1) / kEncodeTokens),
                   static_cast<unsigned>(p.num_heads));
   const size_t smem = EncodeSharedBytes(p.head_dim, p.max_levels);
-  if (smem > 48 * 1024) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(EncodeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
+  if (const cudaError_t err = AllowSharedMemory(EncodeKernel, smem); err != cudaSuccess) return err;
   EncodeKernel<<<grid, kEncodeThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }

@@ -47,6 +47,16 @@ cudaError_t LaunchDependent(Kernel kernel, dim3 grid, dim3 block, size_t smem, c
   return cudaLaunchKernelEx(&config, kernel, arg);
 }
 
+// Dynamic shared memory beyond 48 KB minus a kernel's static shared
+// memory needs an opt-in; the kernels here have under 1 KB of static
+// shared memory, so they opt in above 47 KB of dynamic (a launch that
+// misses it fails with cudaErrorInvalidValue).
+template <typename Kernel>
+cudaError_t AllowSharedMemory(Kernel kernel, size_t dynamic_bytes) {
+  if (dynamic_bytes <= 47 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic_bytes));
+}
+
 __device__ __forceinline__ uint8_t* RecordAt(const PagedLayerDevice& c,
                                              const HeadPlanDevice& h, long long t) {
   return c.pages[t / c.page_tokens] + static_cast<long long>(c.page_tokens) * h.record_prefix +

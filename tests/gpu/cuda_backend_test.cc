@@ -129,8 +129,10 @@ void EncodeBoth(Backend& cpu, Backend& gpu, const planner::LayerPlan& plan, cons
                 const std::vector<float>& v, int64_t tokens, CodeStats* st, double* worst_norm) {
   testing::HostPagedLayer host(plan, 64, tokens);
   DevicePages dev(gpu, plan, 64, tokens);
-  ASSERT_TRUE(cpu.EncodeLayer(plan, host.view(0), 0, k.data(), v.data(), tokens).ok());
-  ASSERT_TRUE(gpu.EncodeLayer(plan, dev.view(0), 0, k.data(), v.data(), tokens).ok());
+  const absl::Status on_cpu = cpu.EncodeLayer(plan, host.view(0), 0, k.data(), v.data(), tokens);
+  ASSERT_TRUE(on_cpu.ok()) << on_cpu;
+  const absl::Status on_gpu = gpu.EncodeLayer(plan, dev.view(0), 0, k.data(), v.data(), tokens);
+  ASSERT_TRUE(on_gpu.ok()) << on_gpu;
   int64_t bytes = 0;
   for (const planner::HeadPlan& h : plan.heads) bytes += h.layout.record_bytes * tokens;
   std::vector<uint8_t> a(bytes), b(bytes);
