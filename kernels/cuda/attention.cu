@@ -17,6 +17,7 @@ constexpr int kThreads = 128;   // = tokens per tile
 constexpr int kRowChunk = 16;   // query rows per pass
 constexpr int kDimsPerThread = kMaxHeadDim / kThreads;
 constexpr int kMergeThreads = 1024;
+constexpr int kMergeParts = 8;  // threads per output dimension in the merge (split the sums over splits)
 
 __device__ __forceinline__ void RotateQueriesBlock(const RotateQueryParams& p, const int h, const int r) {
   __shared__ float x[kMaxHeadDim];
@@ -263,7 +264,7 @@ __device__ __forceinline__ void MergeBlock(const MergeParams& p, const int h, co
   }
   // Each dimension is served by `parts` threads that split the sums over
   // the splits and over the rotation's rows, then add up in shared memory.
-  const int parts = max(1, min(4, kMergeThreads / d)), part = tid / d, j = tid % d;
+  const int parts = max(1, min(kMergeParts, kMergeThreads / d)), part = tid / d, j = tid % d;
   const float* out_in = p.partial_out + (static_cast<long long>(h) * p.num_splits * rows + r) * d;
   const long long split_stride = static_cast<long long>(rows) * d;
   if (part < parts) {
@@ -345,14 +346,14 @@ cudaError_t LaunchRotateQueriesBatch(const RotateQueryParams* device_items, cons
 
 cudaError_t LaunchMergeBatch(const MergeParams* device_items, const AttendBatchShape& b, cudaStream_t stream) {
   const dim3 grid(b.num_kv_heads, b.rows, b.num_items);
-  const int parts = std::max(1, std::min(4, kMergeThreads / b.head_dim));
+  const int parts = std::max(1, std::min(kMergeParts, kMergeThreads / b.head_dim));
   return LaunchDependent(MergeBatchKernel, grid, dim3((parts * b.head_dim + 31) / 32 * 32), 0, stream, device_items);
 }
 
 cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream) {
   const dim3 grid(p.num_kv_heads, p.group * p.q_len);
-  // Up to four threads per dimension (blockDim = parts x head_dim).
-  const int parts = std::max(1, std::min(4, kMergeThreads / p.head_dim));
+  // Up to kMergeParts threads per dimension (blockDim = parts x head_dim).
+  const int parts = std::max(1, std::min(kMergeParts, kMergeThreads / p.head_dim));
   return LaunchDependent(MergeKernel, grid, dim3((parts * p.head_dim + 31) / 32 * 32), 0, stream, p);
 }
 

@@ -117,6 +117,14 @@ __device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
   return y;
 }
 
+// 2^x by the hardware approximation (relative error about 2^-22; 2^-inf
+// = 0; results below 2^-126 flush to 0, which a softmax weight may).
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t PackHalf2(float lo, float hi) {
   const __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&h);
@@ -418,22 +426,40 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
   const int num_tiles = static_cast<int>((end - first_tile + kTile - 1) / kTile);
   const int my_tiles_count = num_tiles > warp ? (num_tiles - warp + kWarps - 1) / kWarps : 0;
 
-  auto issue = [&](int k) {  // k-th tile of this warp into stage k % kStages
+  // Where this warp's next tile starts: page and token within the page,
+  // advanced by kWarps tiles per issue (no division per tile).
+  unsigned tile_page = 0, tile_within = 0;
+  auto restart_tiles = [&] {  // before issue(0)
+    const unsigned t = static_cast<unsigned>(first_tile + static_cast<long long>(warp) * kTile);
+    tile_page = t / page_tokens;
+    tile_within = t % page_tokens;
+  };
+  auto issue = [&](int k) {  // k-th tile of this warp into stage k % kStages; called for k = 0, 1, ..
     if (k < my_tiles_count) {
       const long long t0 = first_tile + static_cast<long long>(warp + k * kWarps) * kTile;
       unsigned char* dst = my_stages + (k % kStages) * stage_bytes;
+      unsigned page = tile_page, within = tile_within;
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const long long th = t0 + half * kHalfTile;
-        if (th < end) {  // a half tile never straddles a page; beyond `end` there may be no page
-          // Token positions fit in 32 bits (checked on the host): 32-bit division.
-          const unsigned t = static_cast<unsigned>(th);
-          const uint8_t* src = p.cache.pages[t / page_tokens] + head_offset + (t % page_tokens) * rb;
+        if (half == 1) {  // page_tokens is a multiple of 16: the second half starts a page or is in the same one
+          within += kHalfTile;
+          if (within >= page_tokens) {
+            within -= page_tokens;
+            ++page;
+          }
+        }
+        if (t0 + half * kHalfTile < end) {  // beyond `end` there may be no page
+          const uint8_t* src = p.cache.pages[page] + head_offset + within * rb;
           for (int i = lane; i < rb; i += 32) CpAsync16(dst + half * kHalfTile * rb + 16 * i, src + 16 * i);
         }
       }
     }
     CpAsyncCommit();
+    tile_within += kWarps * kTile;
+    while (tile_within >= page_tokens) {
+      tile_within -= page_tokens;
+      ++tile_page;
+    }
   };
 
   // The rotated queries. (No early launch of the merge: its waiting blocks
@@ -488,6 +514,7 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
         q_i[nt][x] = (row0 + nt * 8 + 2 * c + x) % p.q_len;
       }
 
+    restart_tiles();
 #pragma unroll
     for (int k = 0; k < kStages - 1; ++k) issue(k);
     for (int k = 0; k < my_tiles_count; ++k) {
@@ -584,7 +611,7 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
           const float new_m = fmaxf(m[nt][x], mx);
-          alpha[nt][x] = exp2f(m[nt][x] - new_m);
+          alpha[nt][x] = Exp2(m[nt][x] - new_m);
           grew |= new_m > m[nt][x];
           m[nt][x] = new_m;
           float sum = 0.0f;
@@ -593,7 +620,7 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
 #pragma unroll
             for (int u = 0; u < 2; ++u) {
               float& v = s[mt][nt][2 * u + x];
-              v = exp2f(v - new_m);  // exp2(-inf) = 0 for masked tokens
+              v = Exp2(v - new_m);  // exp2(-inf) = 0 for masked tokens
               sum += v;
             }
           l[nt][x] = l[nt][x] * alpha[nt][x] + sum;

@@ -48,6 +48,11 @@ __device__ __forceinline__ void CpAsync4(void* smem, const void* global, bool va
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(global), "r"(valid ? 4 : 0));
 }
+// 16-byte asynchronous copy global -> shared; zeros when !valid.
+__device__ __forceinline__ void CpAsync16(void* smem, const void* global, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global), "r"(valid ? 16 : 0));
+}
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -88,33 +93,32 @@ __device__ void SplitTile(float* tile, int stride, int d, const uint8_t* group_o
 // and is OR-ed into the token's packed stream at code_bit + (slot - offset)
 // x bits (the dense LSB-first packing of planner/packed_layout.md).
 // Warp lead_warp + w takes n-tiles w, w + 4, .. (kTilesPerWarp a pass)
-// for both m-tiles; fragments: A (m = token, k = slot) from the split tile, B (k,
-// n) = R[n][k] from the split rotation (row n of R: consecutive k).
-__device__ void RotateQuantizeGroup(const uint32_t* tile, int stride, int offset, int dim, const uint16_t* split,
-                                    const float* boundaries, int bits, int code_bit, int tokens, uint8_t* codes,
-                                    int d, uint32_t* streams, int lead_warp) {
+// for both m-tiles; fragments: A (m = token, k = slot) from the split tile,
+// B (k, n) = R[n][k] from the rotation's fragment copy
+// (RotationFragmentIndex).
+__device__ void RotateQuantizeGroup(const uint32_t* tile, int stride, int offset, int dim,
+                                    const uint32_t* rotation_frags, const float* boundaries, int bits, int code_bit,
+                                    int tokens, uint8_t* codes, int d, uint32_t* streams, int lead_warp) {
   // Warps take n-tiles round robin from lead_warp on, so that the groups
   // of one head, most of them one or two n-tiles wide, spread over the
   // warps instead of all starting on warp 0.
   const int warp = (threadIdx.x / 32 + kEncodeWarps - lead_warp) % kEncodeWarps;
   const int lane = threadIdx.x % 32, r = lane / 4, c = lane % 4;
   const int n_tiles = (dim + 7) / 8, k_steps = (dim + 15) / 16;
-  const uint32_t* r_hi = reinterpret_cast<const uint32_t*>(split);
-  const uint32_t* r_lo = reinterpret_cast<const uint32_t*>(split + dim * dim);
+  const uint4* frags = reinterpret_cast<const uint4*>(rotation_frags);
   for (int first = warp; first < n_tiles; first += kEncodeWarps * kTilesPerWarp) {
     float acc[2][kTilesPerWarp][4] = {};
-    // B fragments of k-step s: {hi k0, hi k1, lo k0, lo k1} per n-tile,
-    // loaded a step ahead (they come from L1/L2).
+    // B fragments of k-step s: {hi k0, hi k1, lo k0, lo k1} per n-tile, one
+    // 16-byte load each, a step ahead (they come from L1/L2).
     auto load_b = [&](int s, uint32_t (&b)[kTilesPerWarp][4]) {
 #pragma unroll
       for (int i = 0; i < kTilesPerWarp; ++i) {
-        const int n = 8 * (first + i * kEncodeWarps) + r;
-        const int k0 = 16 * s + 2 * c, k1 = k0 + 8;
-        const bool ok0 = n < dim && k0 < dim, ok1 = n < dim && k1 < dim;
-        b[i][0] = ok0 ? __ldg(r_hi + (n * dim + k0) / 2) : 0u;
-        b[i][1] = ok1 ? __ldg(r_hi + (n * dim + k1) / 2) : 0u;
-        b[i][2] = ok0 ? __ldg(r_lo + (n * dim + k0) / 2) : 0u;
-        b[i][3] = ok1 ? __ldg(r_lo + (n * dim + k1) / 2) : 0u;
+        const int nt = min(first + i * kEncodeWarps, n_tiles - 1);  // tiles past the end are not used
+        const uint4 v = __ldg(frags + RotationFragmentIndex(nt, s, k_steps, lane));
+        b[i][0] = v.x;
+        b[i][1] = v.y;
+        b[i][2] = v.z;
+        b[i][3] = v.w;
       }
     };
     uint32_t b[kTilesPerWarp][4];
@@ -315,10 +319,19 @@ __global__ void __launch_bounds__(kEncodeThreads) EncodeKernel(EncodeParams p) {
     }
   }
   CpAsyncCommit();
-  for (int j = lane; j < d; j += 32) {
-    for (int t = warp; t < kEncodeTokens; t += kEncodeWarps) {
-      const bool valid = t < tokens;
-      CpAsync4(value_tile + t * stride + j, values + (valid ? static_cast<long long>(t) * d + j : 0), valid);
+  if (d % 4 == 0) {  // rows of 16-byte words (the tile's stride is a multiple of 4 as well)
+    for (int j = 4 * lane; j < d; j += 4 * 32) {
+      for (int t = warp; t < kEncodeTokens; t += kEncodeWarps) {
+        const bool valid = t < tokens;
+        CpAsync16(value_tile + t * stride + j, values + (valid ? static_cast<long long>(t) * d + j : 0), valid);
+      }
+    }
+  } else {
+    for (int j = lane; j < d; j += 32) {
+      for (int t = warp; t < kEncodeTokens; t += kEncodeWarps) {
+        const bool valid = t < tokens;
+        CpAsync4(value_tile + t * stride + j, values + (valid ? static_cast<long long>(t) * d + j : 0), valid);
+      }
     }
   }
   CpAsyncCommit();
@@ -358,7 +371,7 @@ __global__ void __launch_bounds__(kEncodeThreads) EncodeKernel(EncodeParams p) {
   __syncthreads();
   for (int g = 0, lead = 0; g < num_groups; ++g) {
     RotateQuantizeGroup(reinterpret_cast<const uint32_t*>(tile), stride, hp.group_offset[g], hp.group_dim[g],
-                        hp.rotation_split[g], boundaries + level_offset[g], hp.group_bits[g],
+                        hp.rotation_frags[g], boundaries + level_offset[g], hp.group_bits[g],
                         hp.group_code_bit_offset[g], tokens, codes, d, streams, lead);
     lead = (lead + (hp.group_dim[g] + 7) / 8) % kEncodeWarps;
   }
@@ -376,7 +389,7 @@ __global__ void __launch_bounds__(kEncodeThreads) EncodeKernel(EncodeParams p) {
   __syncthreads();
   SplitTile(tile, stride, d, nullptr, inv_norm + kMaxGroups, kNorms, tokens);
   __syncthreads();
-  RotateQuantizeGroup(reinterpret_cast<const uint32_t*>(tile), stride, 0, d, hp.value_rotation_split,
+  RotateQuantizeGroup(reinterpret_cast<const uint32_t*>(tile), stride, 0, d, hp.value_rotation_frags,
                       boundaries + level_offset[kMaxGroups], hp.value_bits, 0, tokens, codes, d, streams, 0);
   __syncthreads();
   ValueCorrectedNorms(codes, d, tokens, levels + level_offset[kMaxGroups], norm, corrected);

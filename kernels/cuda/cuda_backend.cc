@@ -738,8 +738,8 @@ class CudaBackend final : public Backend {
       return at;
     };
     struct Offsets {
-      size_t perm, rot[dev::kMaxGroups], rot_t[dev::kMaxGroups], rot_split[dev::kMaxGroups], cent[dev::kMaxGroups],
-          bound[dev::kMaxGroups], vrot, vrot_t, vrot_split, vcent, vbound, tables;
+      size_t perm, rot[dev::kMaxGroups], rot_t[dev::kMaxGroups], rot_frags[dev::kMaxGroups], cent[dev::kMaxGroups],
+          bound[dev::kMaxGroups], vrot, vrot_t, vrot_frags, vcent, vbound, tables;
     };
     // The encode and query-rotation kernels compute R x with a thread per
     // output coordinate; reading R's transposed copy, the threads of a warp
@@ -752,14 +752,34 @@ class CudaBackend final : public Backend {
       return put(t.data(), t.size() * 4);
     };
     // The encode kernel rotates with fp16 tensor-core MMAs at fp32
-    // accuracy: R = hi + lo, both fp16 (R - hi is exact in fp32).
-    auto put_split = [&](const std::vector<float>& m) {
-      std::vector<uint16_t> parts(2 * m.size());
-      for (size_t i = 0; i < m.size(); ++i) {
-        parts[i] = planner::FloatToHalf(m[i]);
-        parts[m.size() + i] = planner::FloatToHalf(m[i] - planner::HalfToFloat(parts[i]));
+    // accuracy: R = hi + lo, both fp16 (R - hi is exact in fp32), laid out
+    // as the MMA's B fragments (dev::RotationFragmentIndex), zero-padded.
+    auto put_fragments = [&](const std::vector<float>& m, int n) {
+      const int n_tiles = (n + 7) / 8, k_steps = (n + 15) / 16;
+      std::vector<uint32_t> words(static_cast<size_t>(n_tiles) * k_steps * 32 * 4, 0u);
+      auto pair = [&](int row, int k, bool lo) -> uint32_t {
+        if (row >= n || k >= n) return 0u;  // n is even: k + 1 < n too
+        uint32_t halves[2];
+        for (int i = 0; i < 2; ++i) {
+          const float x = m[static_cast<size_t>(row) * n + k + i];
+          const uint16_t hi = planner::FloatToHalf(x);
+          halves[i] = lo ? planner::FloatToHalf(x - planner::HalfToFloat(hi)) : hi;
+        }
+        return halves[0] | (halves[1] << 16);
+      };
+      for (int nt = 0; nt < n_tiles; ++nt) {
+        for (int s = 0; s < k_steps; ++s) {
+          for (int lane = 0; lane < 32; ++lane) {
+            const int row = 8 * nt + lane / 4, k0 = 16 * s + 2 * (lane % 4), k1 = k0 + 8;
+            uint32_t* w = words.data() + 4 * static_cast<size_t>(dev::RotationFragmentIndex(nt, s, k_steps, lane));
+            w[0] = pair(row, k0, false);
+            w[1] = pair(row, k1, false);
+            w[2] = pair(row, k0, true);
+            w[3] = pair(row, k1, true);
+          }
+        }
       }
-      return put(parts.data(), parts.size() * sizeof(uint16_t));
+      return put(words.data(), words.size() * sizeof(uint32_t));
     };
     std::vector<Offsets> offs(plan.heads.size());
     std::vector<dev::HeadPlanDevice> heads(plan.heads.size());
@@ -784,7 +804,7 @@ class CudaBackend final : public Backend {
         d.group_code_bit_offset[g] = kg.code_bit_offset;
         offs[h].rot[g] = put(kg.rotation.data(), kg.rotation.size() * 4);
         offs[h].rot_t[g] = put_transposed(kg.rotation, kg.dim);
-        offs[h].rot_split[g] = put_split(kg.rotation);
+        offs[h].rot_frags[g] = put_fragments(kg.rotation, kg.dim);
         offs[h].cent[g] = put(kg.codebook.centroids.data(), kg.codebook.centroids.size() * 4);
         offs[h].bound[g] = put(kg.codebook.boundaries.data(), kg.codebook.boundaries.size() * 4 + 4);
         levels += 1 << kg.bits;
@@ -792,7 +812,7 @@ class CudaBackend final : public Backend {
       d.value_bits = hp.value_bits;
       offs[h].vrot = put(hp.value_rotation.data(), hp.value_rotation.size() * 4);
       offs[h].vrot_t = put_transposed(hp.value_rotation, hp.head_dim);
-      offs[h].vrot_split = put_split(hp.value_rotation);
+      offs[h].vrot_frags = put_fragments(hp.value_rotation, hp.head_dim);
       offs[h].vcent = put(hp.value_codebook.centroids.data(), hp.value_codebook.centroids.size() * 4);
       offs[h].vbound = put(hp.value_codebook.boundaries.data(), hp.value_codebook.boundaries.size() * 4 + 4);
       d.key_norms_offset = hp.layout.key_norms_offset;
@@ -830,13 +850,13 @@ class CudaBackend final : public Backend {
       for (int g = 0; g < d.num_groups; ++g) {
         d.rotation[g] = reinterpret_cast<const float*>(base + offs[h].rot[g]);
         d.rotation_t[g] = reinterpret_cast<const float*>(base + offs[h].rot_t[g]);
-        d.rotation_split[g] = reinterpret_cast<const uint16_t*>(base + offs[h].rot_split[g]);
+        d.rotation_frags[g] = reinterpret_cast<const uint32_t*>(base + offs[h].rot_frags[g]);
         d.centroids[g] = reinterpret_cast<const float*>(base + offs[h].cent[g]);
         d.boundaries[g] = reinterpret_cast<const float*>(base + offs[h].bound[g]);
       }
       d.value_rotation = reinterpret_cast<const float*>(base + offs[h].vrot);
       d.value_rotation_t = reinterpret_cast<const float*>(base + offs[h].vrot_t);
-      d.value_rotation_split = reinterpret_cast<const uint16_t*>(base + offs[h].vrot_split);
+      d.value_rotation_frags = reinterpret_cast<const uint32_t*>(base + offs[h].vrot_frags);
       d.table_image = reinterpret_cast<const unsigned char*>(base + offs[h].tables);
       d.value_centroids = reinterpret_cast<const float*>(base + offs[h].vcent);
       d.value_boundaries = reinterpret_cast<const float*>(base + offs[h].vbound);

@@ -26,15 +26,15 @@ struct HeadPlanDevice {
   const int* permutation;                 // [head_dim]: slot j <- dim permutation[j]
   const float* rotation[kMaxGroups];      // [dim, dim] row-major
   const float* rotation_t[kMaxGroups];    // the same, transposed (column j of R is row j)
-  // R split into fp16 parts, hi = fp16(R) then lo = fp16(R - hi), each
-  // [dim, dim] row-major: the encode's tensor-core rotation reads them.
-  const uint16_t* rotation_split[kMaxGroups];
+  // R split into fp16 parts hi = fp16(R), lo = fp16(R - hi), as the B
+  // fragments of the encode's tensor-core rotation (RotationFragmentIndex).
+  const uint32_t* rotation_frags[kMaxGroups];
   const float* centroids[kMaxGroups];     // [2^bits]
   const float* boundaries[kMaxGroups];    // [2^bits - 1]
   int value_bits;
   const float* value_rotation;            // [head_dim, head_dim]
   const float* value_rotation_t;          // the same, transposed
-  const uint16_t* value_rotation_split;   // [2, head_dim, head_dim]: hi, lo
+  const uint32_t* value_rotation_frags;   // the same for the value rotation
   const float* value_centroids;           // [2^value_bits]
   const float* value_boundaries;          // [2^value_bits - 1]
   int key_norms_offset;                   // record layout (planner::TokenLayout)
@@ -59,6 +59,16 @@ struct PagedLayerDevice {
   uint8_t* const* pages;  // [num_pages] device pointers (array in device memory)
   int page_tokens;
 };
+
+// The encode computes Y = U R^T with mma.sync m16n8k16, B[k][n] = R[n][k].
+// B fragments of a dim x dim rotation, zero-padded to n-tiles of 8 rows
+// and k-steps of 16: the 4 words of lane l (r = l / 4, c = l % 4) for
+// n-tile nt and k-step s are {hi, hi, lo, lo} pairs of R[8 nt + r][k..k+1]
+// at k = 16 s + 2c, 16 s + 2c + 8, and sit at uint4 index
+// RotationFragmentIndex(nt, s, k_steps, l).
+__host__ __device__ inline int RotationFragmentIndex(int nt, int s, int k_steps, int lane) {
+  return (nt * k_steps + s) * 32 + lane;
+}
 
 struct EncodeParams {
   const HeadPlanDevice* heads;  // [num_heads]
