@@ -8,6 +8,9 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "planner/allocator.h"
+#include "planner/codebook.h"
+#include "planner/half.h"
 #include "zlib.h"
 
 namespace ropekv::planner {
@@ -34,12 +37,26 @@ void CodebookToProto(const Codebook& c, pb::Codebook* out) {
   for (float x : c.boundaries) out->add_boundaries(x);
 }
 
+// Profiles written before codebook levels were rounded to fp16 carry the
+// fp32 levels of the same quantizer: when every stored level rounds to the
+// current codebook's, the profile loads with the current codebook (codes
+// the old levels produced differ from the new ones only at near-ties).
+// Anything else is kept as stored, for validation to judge.
 Codebook CodebookFromProto(const pb::Codebook& c) {
   Codebook out;
   out.bits = static_cast<int>(c.bits());
   out.dim = static_cast<int>(c.dim());
   out.centroids.assign(c.centroids().begin(), c.centroids().end());
   out.boundaries.assign(c.boundaries().begin(), c.boundaries().end());
+  if (out.bits >= kMinBits && out.bits <= kMaxBits && out.dim >= 1) {
+    absl::StatusOr<Codebook> current = LloydMaxCodebook(out.bits, out.dim);
+    if (current.ok() && current->centroids != out.centroids &&
+        current->centroids.size() == out.centroids.size() &&
+        std::equal(out.centroids.begin(), out.centroids.end(), current->centroids.begin(),
+                   [](float stored, float level) { return RoundToHalf(stored) == level; })) {
+      return *std::move(current);
+    }
+  }
   return out;
 }
 

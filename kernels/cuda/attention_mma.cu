@@ -68,7 +68,9 @@ constexpr float kLog2e = 1.4426950408889634f;
 __host__ __device__ constexpr bool PairTable(int w) { return w <= 4; }
 __host__ __device__ constexpr int CopyShift(int w) { return w <= 2 ? 5 : w == 3 ? 4 : 0; }
 __host__ __device__ constexpr int LevelShift(int w) { return PairTable(w) ? 2 + CopyShift(w) : 1; }
-__host__ __device__ constexpr int LevelTableBytes(int w) { return (PairTable(w) ? 1 << (2 * w) : 1 << w) << LevelShift(w); }
+__host__ __device__ constexpr int LevelTableBytes(int w) {
+  return (PairTable(w) ? 1 << (2 * w) : 1 << w) << LevelShift(w);
+}
 // Byte offset of lane's copy within a table of width w.
 __device__ __forceinline__ uint32_t CopyOffset(int w, int lane) {
   return PairTable(w) ? 4u * static_cast<uint32_t>(lane & ((1 << CopyShift(w)) - 1)) : 0u;

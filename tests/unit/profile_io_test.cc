@@ -1,11 +1,14 @@
 #include "planner/profile_io.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "gtest/gtest.h"
+#include "planner/codebook.h"
 
 namespace ropekv::planner {
 namespace {
@@ -81,6 +84,42 @@ TEST(ProfileIoTest, RoundTripsThroughProtoAndFile) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ExpectSame(p, *loaded);
   std::filesystem::remove(path);
+}
+
+// A profile written before the levels were rounded to fp16 carries the
+// fp32 levels of the same quantizer (and their midpoints): it loads with
+// the current codebooks. A codebook that is not the quantizer at all is
+// still refused.
+TEST(ProfileIoTest, ProfilesWithFp32LevelsLoadWithTheCurrentCodebooks) {
+  const ModelProfile p = MakeProfile();
+  ropekv::v1::Profile old = ProfileToProto(p);
+  auto to_fp32 = [](ropekv::v1::Codebook* c) {
+    const GaussianQuantizer* q = *LloydMaxGaussian(static_cast<int>(c->bits()));
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c->dim()));
+    c->clear_centroids();
+    c->clear_boundaries();
+    for (double x : q->centroids) c->add_centroids(static_cast<float>(x * scale));
+    for (double x : q->boundaries) c->add_boundaries(static_cast<float>(x * scale));
+  };
+  for (auto& layer : *old.mutable_layers()) {
+    for (auto& head : *layer.mutable_heads()) {
+      for (auto& group : *head.mutable_key_groups()) to_fp32(group.mutable_codebook());
+      to_fp32(head.mutable_value_codebook());
+    }
+  }
+  // The fp32 levels are not fp16 values already.
+  const auto& stored = old.layers(0).heads(0).value_codebook().centroids();
+  ASSERT_FALSE(std::equal(stored.begin(), stored.end(), p.layers[0].heads[0].value_codebook.centroids.begin()));
+  absl::StatusOr<ModelProfile> loaded = ProfileFromProto(old);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ExpectSame(p, *loaded);
+
+  ropekv::v1::Profile wrong = ProfileToProto(p);
+  ropekv::v1::Codebook* c = wrong.mutable_layers(1)->mutable_heads(0)->mutable_value_codebook();
+  c->set_centroids(0, c->centroids(0) * 1.01f);
+  absl::StatusOr<ModelProfile> refused = ProfileFromProto(wrong);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("value_codebook"), std::string::npos) << refused.status();
 }
 
 TEST(ProfileIoTest, TruncatedOrCorruptedFileIsDataLoss) {
