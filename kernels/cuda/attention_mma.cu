@@ -102,15 +102,7 @@ inline void PlaceTables(const int* key_bits, int num_groups, int value_bits, int
 }
 
 __host__ __device__ constexpr int MaxSteps(int d) { return d / 16 + kMaxGroups; }
-__host__ __device__ constexpr int Stages(int d) { return 2; }
-
-__device__ __forceinline__ void Mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+constexpr int kStages = 2;  // cp.async stages per warp
 
 // The 8x8 fp16 matrix held as one register per lane, transposed.
 __device__ __forceinline__ uint32_t Transpose8x8(uint32_t x) {
@@ -344,13 +336,6 @@ __device__ __forceinline__ void ValueStepAnyWidth(int vb, const uint32_t* words,
   }
 }
 
-__device__ __forceinline__ void CpAsync16(void* smem, const void* global) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 __host__ __device__ constexpr int StageBytes(int max_record_bytes) {
   return (kTile * max_record_bytes + 16 + 15) / 16 * 16;
@@ -360,7 +345,7 @@ __host__ __device__ constexpr int StageBytes(int max_record_bytes) {
 // per-warp tile stages (reused at the end to combine the warps).
 __host__ __device__ constexpr int TablesRegion(int table_bytes) { return (table_bytes + 15) / 16 * 16; }
 __host__ __device__ constexpr size_t SharedBytes(int d, int nt, int max_record_bytes, int table_bytes) {
-  const size_t tiles = static_cast<size_t>(kWarps) * Stages(d) * StageBytes(max_record_bytes);
+  const size_t tiles = static_cast<size_t>(kWarps) * kStages * StageBytes(max_record_bytes);
   const size_t combine = sizeof(float) * (2 * kWarps * 16 + static_cast<size_t>(kWarps) * 16 * d);
   return TablesRegion(table_bytes) + static_cast<size_t>(MaxSteps(d)) * nt * 32 * 16 +
          (tiles > combine ? tiles : combine);
@@ -369,7 +354,6 @@ __host__ __device__ constexpr size_t SharedBytes(int d, int nt, int max_record_b
 // One block: one split of one KV head of one item; rows in passes of 8 NT.
 template <int D, int NT>
 __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int split, const int h) {
-  constexpr int kStages = Stages(D);
   constexpr int kRowsPerPass = 8 * NT;
   constexpr int kDimTiles = D / 16;
   extern __shared__ __align__(16) unsigned char smem[];
