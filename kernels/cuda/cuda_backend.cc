@@ -77,6 +77,7 @@ struct DevicePlan {
   int max_record_bytes = 0;
   int max_levels = 0;
   int table_bytes = 0;  // tensor-core kernel's decode tables, max over heads
+  bool half_levels = false;  // every codebook level an fp16 value (HalfExactLevels)
 };
 
 // Shared memory the tensor-core kernel's decode tables take, max over heads.
@@ -125,11 +126,13 @@ uint64_t Fingerprint(const planner::LayerPlan& plan) {
       mix(g.rotation_seed);
       mixf(g.rotation.front());
       mixf(g.rotation.back());
+      mixf(g.codebook.centroids.front());
     }
     mix(hp.value_bits);
     mix(hp.value_rotation_seed);
     mixf(hp.value_rotation.front());
     mixf(hp.value_rotation[1]);
+    mixf(hp.value_codebook.centroids.front());
   }
   return h;
 }
@@ -314,12 +317,10 @@ class CudaBackend final : public Backend {
   // The tensor-core kernel needs 16-token tiles that never straddle a page,
   // 16-byte aligned pages, tiles that fit in shared memory and fp16
   // codebook levels; anything else takes the scalar kernel.
-  static bool MmaEligible(const planner::LayerPlan& plan, const PagedLayerView& cache, int64_t end, int rows) {
-    int max_record_bytes = 0;
-    for (const planner::HeadPlan& hp : plan.heads) max_record_bytes = std::max(max_record_bytes, hp.layout.record_bytes);
-    return dev::AttendMmaSupports(plan.heads[0].head_dim, rows, max_record_bytes, MmaTableBytes(plan)) &&
+  static bool MmaEligible(const DevicePlan& dp, const PagedLayerView& cache, int64_t end, int rows) {
+    return dev::AttendMmaSupports(dp.head_dim, rows, dp.max_record_bytes, dp.table_bytes) &&
            cache.page_tokens % 16 == 0 &&
-           end < (int64_t{1} << 31) && HalfExactLevels(plan) &&
+           end < (int64_t{1} << 31) && dp.half_levels &&
            std::all_of(cache.pages, cache.pages + cache.num_pages, [](const uint8_t* page) {
              return reinterpret_cast<uintptr_t>(page) % 16 == 0;
            });
@@ -360,7 +361,9 @@ class CudaBackend final : public Backend {
       ends[i] = *end;
       const int num_kv = static_cast<int>(it.plan->heads.size()), d = it.plan->heads[0].head_dim;
       const int rows = it.params.num_q_heads / num_kv * it.params.q_len;
-      if (MmaEligible(*it.plan, it.cache, *end, rows)) {
+      absl::StatusOr<const DevicePlan*> dp = Upload(*it.plan);
+      if (!dp.ok()) return indexed(i, dp.status());
+      if (MmaEligible(**dp, it.cache, *end, rows)) {
         groups[{d, num_kv, rows}].push_back(i);
       } else {
         singles.push_back(i);
@@ -519,7 +522,7 @@ class CudaBackend final : public Backend {
     const int rows = group * a.q_len;
     const size_t q_floats = static_cast<size_t>(a.num_q_heads) * a.q_len * d;
     const int64_t tokens = end - a.token_begin;
-    const bool mma = MmaEligible(plan, cache, end, rows);
+    const bool mma = MmaEligible(**dp, cache, end, rows);
     const auto [splits, per_split] = Splits(tokens, num_kv, mma, 1);
     RETURN_IF_CUDA(ln.in_k.Ensure(q_floats * 4), "staging");
     RETURN_IF_CUDA(ln.rotated.Ensure(q_floats * 4), "staging");
@@ -741,9 +744,9 @@ class CudaBackend final : public Backend {
       size_t perm, rot[dev::kMaxGroups], rot_t[dev::kMaxGroups], rot_frags[dev::kMaxGroups], cent[dev::kMaxGroups],
           bound[dev::kMaxGroups], vrot, vrot_t, vrot_frags, vcent, vbound, tables;
     };
-    // The encode and query-rotation kernels compute R x with a thread per
-    // output coordinate; reading R's transposed copy, the threads of a warp
-    // load consecutive floats.
+    // The query-rotation kernel computes R x with a thread per output
+    // coordinate; reading R's transposed copy, the threads of a warp load
+    // consecutive floats.
     auto put_transposed = [&](const std::vector<float>& m, int n) {
       std::vector<float> t(m.size());
       for (int i = 0; i < n; ++i) {
@@ -841,6 +844,7 @@ class CudaBackend final : public Backend {
       dp.max_levels = std::max(dp.max_levels, levels + (1 << hp.value_bits));
     }
     dp.table_bytes = MmaTableBytes(plan);
+    dp.half_levels = HalfExactLevels(plan);
     RETURN_IF_CUDA(cudaMalloc(&dp.blob, blob.size()), "plan upload");
     RETURN_IF_CUDA(cudaMemcpy(dp.blob, blob.data(), blob.size(), cudaMemcpyHostToDevice), "plan upload");
     char* base = static_cast<char*>(dp.blob);
