@@ -19,6 +19,48 @@ namespace {
 
 namespace pb = ::ropekv::v1;
 
+// Query positions [begin, end) of an [num_q_heads, q_len, head_dim] tensor,
+// any dtype (the element size follows from the data length).
+pb::Tensor QueryRows(const pb::Tensor& t, int64_t begin, int64_t end) {
+  const int64_t heads = t.shape(0), q_len = t.shape(1), d = t.shape(2);
+  const int64_t elem = static_cast<int64_t>(t.data().size()) / std::max<int64_t>(1, heads * q_len * d);
+  pb::Tensor out;
+  out.set_dtype(t.dtype());
+  out.add_shape(heads);
+  out.add_shape(end - begin);
+  out.add_shape(d);
+  for (int64_t h = 0; h < heads; ++h) {
+    out.mutable_data()->append(t.data(), ((h * q_len + begin) * d) * elem, (end - begin) * d * elem);
+  }
+  return out;
+}
+
+// Two results over query positions [0, r) and [r, q_len) as one (fp32).
+absl::StatusOr<pb::AttendResult> JoinRows(const pb::AttendResult& a, const pb::AttendResult& b) {
+  absl::StatusOr<std::vector<float>> oa = proto::TensorToFloats(a.output(), {-1, -1, -1}, "output");
+  absl::StatusOr<std::vector<float>> ob = proto::TensorToFloats(b.output(), {-1, -1, -1}, "output");
+  absl::StatusOr<std::vector<float>> la = proto::TensorToFloats(a.lse(), {-1, -1}, "lse", false);
+  absl::StatusOr<std::vector<float>> lb = proto::TensorToFloats(b.lse(), {-1, -1}, "lse", false);
+  for (const auto* x : {&oa, &ob, &la, &lb}) {
+    if (!x->ok()) return x->status();
+  }
+  const int64_t heads = a.output().shape(0), ra = a.output().shape(1), rb = b.output().shape(1),
+                d = a.output().shape(2);
+  std::vector<float> out, lse;
+  for (int64_t h = 0; h < heads; ++h) {
+    out.insert(out.end(), oa->begin() + h * ra * d, oa->begin() + (h + 1) * ra * d);
+    out.insert(out.end(), ob->begin() + h * rb * d, ob->begin() + (h + 1) * rb * d);
+    lse.insert(lse.end(), la->begin() + h * ra, la->begin() + (h + 1) * ra);
+    lse.insert(lse.end(), lb->begin() + h * rb, lb->begin() + (h + 1) * rb);
+  }
+  pb::AttendResult r;
+  const int64_t out_shape[] = {heads, ra + rb, d};
+  const int64_t lse_shape[] = {heads, ra + rb};
+  proto::FloatsToTensor(out, out_shape, pb::DTYPE_FP32, r.mutable_output());
+  proto::FloatsToTensor(lse, lse_shape, pb::DTYPE_FP32, r.mutable_lse());
+  return r;
+}
+
 // "host:port" -> every address of host as "address:port" (IPv6 bracketed).
 absl::StatusOr<std::vector<std::string>> Resolve(const std::string& name) {
   const size_t colon = name.rfind(':');
@@ -286,14 +328,39 @@ absl::StatusOr<pb::AttendResult> ClusterClient::AttendSharded(const ShardedSessi
     pb::AttendItem* local = req.add_items();
     *local = item;
     local->set_session_id(session.shard_session_ids[shards[i]]);
+    // The server wants every query position to be a committed token of the
+    // session it asks. A shard before the queries' own is full (cap
+    // tokens): rows that see all of it go without an offset, and when the
+    // rows straddle its end they are split into two items.
+    const int64_t cap = session.shard_tokens;
+    int64_t split = 0;  // rows [split, q_len) see the whole shard
     if (item.has_causal_offset()) {
-      local->set_causal_offset(item.causal_offset() - shards[i] * session.shard_tokens);
+      const int64_t local_offset = item.causal_offset() - shards[i] * cap;
+      if (local_offset + q_len <= cap) {
+        local->set_causal_offset(local_offset);
+      } else if (local_offset >= cap - 1) {
+        local->clear_causal_offset();
+      } else {
+        split = cap - local_offset;
+        *local->mutable_queries() = QueryRows(item.queries(), 0, split);
+        local->set_causal_offset(local_offset);
+        pb::AttendItem* rest = req.add_items();
+        *rest = *local;
+        rest->clear_causal_offset();
+        *rest->mutable_queries() = QueryRows(item.queries(), split, q_len);
+      }
     }
     absl::StatusOr<pb::AttendResponse> r = ForSession(local->session_id()).Attend(req);
     if (!r.ok()) {
       return absl::Status(r.status().code(), absl::StrCat("shard ", shards[i], ": ", r.status().message()));
     }
-    parts[i] = std::move(*r->mutable_results(0));
+    if (split == 0) {
+      parts[i] = std::move(*r->mutable_results(0));
+      return absl::OkStatus();
+    }
+    absl::StatusOr<pb::AttendResult> joined = JoinRows(r->results(0), r->results(1));
+    if (!joined.ok()) return joined.status();
+    parts[i] = *std::move(joined);
     return absl::OkStatus();
   }));
   if (!status.ok()) return status;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <utility>
 
@@ -217,7 +218,7 @@ absl::StatusOr<HeadPlan> BuildHeadPlan(absl::Span<const RopeBlock> blocks,
 
 absl::StatusOr<ModelProfile> BuildProfileFromAllocation(
     const ModelGeometry& geometry, const Budget& budget,
-    const PerHeadBits& block_bits) {
+    const PerHeadBits& block_bits, const CancelCheck& cancelled) {
   absl::StatusOr<std::vector<RopeBlock>> blocks = RopeBlocks(geometry);
   if (!blocks.ok()) return blocks.status();
   if (absl::Status s = ValidateBudget(budget); !s.ok()) return s;
@@ -237,6 +238,10 @@ absl::StatusOr<ModelProfile> BuildProfileFromAllocation(
           " KV heads, got ", block_bits[layer].size()));
     }
     for (int h = 0; h < geometry.num_kv_heads; ++h) {
+      if (cancelled && cancelled()) {
+        return absl::CancelledError(absl::StrCat(
+            "profile build cancelled at layer ", layer, " kv_head ", h));
+      }
       absl::StatusOr<HeadPlan> plan =
           BuildHeadPlan(*blocks, block_bits[layer][h], budget, layer, h);
       if (!plan.ok()) {
@@ -251,7 +256,8 @@ absl::StatusOr<ModelProfile> BuildProfileFromAllocation(
 }
 
 absl::StatusOr<ModelProfile> BuildProfileFromScores(
-    const ModelGeometry& geometry, const Budget& budget, const PerHead& scores) {
+    const ModelGeometry& geometry, const Budget& budget, const PerHead& scores,
+    const CancelCheck& cancelled) {
   if (absl::Status s = ValidateGeometry(geometry); !s.ok()) return s;
   if (absl::Status s = ValidateBudget(budget); !s.ok()) return s;
   if (scores.size() != static_cast<size_t>(geometry.num_layers)) {
@@ -278,11 +284,12 @@ absl::StatusOr<ModelProfile> BuildProfileFromScores(
       bits[layer].push_back(*std::move(b));
     }
   }
-  return BuildProfileFromAllocation(geometry, budget, bits);
+  return BuildProfileFromAllocation(geometry, budget, bits, cancelled);
 }
 
 absl::StatusOr<ModelProfile> BuildProfile(const ScoreAccumulator& calibration,
-                                          const Budget& budget) {
+                                          const Budget& budget,
+                                          const CancelCheck& cancelled) {
   const ModelGeometry& g = calibration.geometry();
   PerHead scores(g.num_layers);
   for (int layer = 0; layer < g.num_layers; ++layer) {
@@ -293,7 +300,20 @@ absl::StatusOr<ModelProfile> BuildProfile(const ScoreAccumulator& calibration,
       scores[layer].push_back(*std::move(s));
     }
   }
-  return BuildProfileFromScores(g, budget, scores);
+  return BuildProfileFromScores(g, budget, scores, cancelled);
+}
+
+int64_t ProfileBytesUpperBound(const ModelGeometry& g) {
+  // Each factor is at most 2^31, so the per-head size fits an int64 and
+  // the product is computed in double to saturate.
+  const int64_t d = std::max(g.head_dim, 0);
+  const int64_t per_head = 2 * d * d * 4            // value and key rotations
+                           + 2 * (kMaxBits + 1) * 256 * 4  // codebooks
+                           + d * 4 * 4                // widths, permutation, sums
+                           + 1024;                    // the head's fixed parts
+  const double total = static_cast<double>(per_head) * std::max(g.num_layers, 0) *
+                       std::max(g.num_kv_heads, 0);
+  return total >= 9.0e18 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(total);
 }
 
 absl::Status ValidateProfile(const ModelProfile& p) {

@@ -13,6 +13,7 @@
 #define ROPEKV_PLANNER_PLAN_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -131,16 +132,29 @@ absl::StatusOr<HeadPlan> BuildHeadPlan(absl::Span<const RopeBlock> blocks,
 using PerHead = std::vector<std::vector<std::vector<double>>>;
 using PerHeadBits = std::vector<std::vector<std::vector<int>>>;
 
+// Asked between heads while a profile is built; true stops the build with
+// CANCELLED (a large model's plan takes seconds to minutes). Empty: never.
+using CancelCheck = std::function<bool()>;
+
 // A profile from explicit widths; `budget.key_avg_bits` is informational.
 absl::StatusOr<ModelProfile> BuildProfileFromAllocation(
     const ModelGeometry& geometry, const Budget& budget,
-    const PerHeadBits& block_bits);
+    const PerHeadBits& block_bits, const CancelCheck& cancelled = {});
 // A profile by greedy allocation of precomputed scores.
 absl::StatusOr<ModelProfile> BuildProfileFromScores(
-    const ModelGeometry& geometry, const Budget& budget, const PerHead& scores);
+    const ModelGeometry& geometry, const Budget& budget, const PerHead& scores,
+    const CancelCheck& cancelled = {});
 // A profile from calibration samples (budget.score picks the score).
 absl::StatusOr<ModelProfile> BuildProfile(const ScoreAccumulator& calibration,
-                                          const Budget& budget);
+                                          const Budget& budget,
+                                          const CancelCheck& cancelled = {});
+
+// An upper bound on the host memory a profile of `geometry` takes while it
+// is built and once stored: per (layer, KV head) the value rotation
+// (head_dim^2 floats), the key groups' rotations (at most head_dim^2 floats
+// together), codebooks, widths and the calibration sums. Callers bound it
+// before building anything. Saturates instead of overflowing.
+int64_t ProfileBytesUpperBound(const ModelGeometry& geometry);
 
 // Checks a plan that came from outside (a file, the wire) against the
 // geometry: widths in range, permutation, groups and layout equal to what

@@ -137,11 +137,16 @@ absl::StatusOr<Budget> BudgetFromProto(const pb::Budget& b, bool apply_defaults)
     case pb::SCORE_KIND_LOGIT:
       out.score = ScoreKind::kLogit;
       break;
-    default:
+    case pb::SCORE_KIND_UNSPECIFIED:
       if (!apply_defaults) {
         return absl::InvalidArgumentError("budget.score: expected ENERGY or LOGIT");
       }
       out.score = ScoreKind::kLogit;
+      break;
+    default:  // a value this build does not know: never guess
+      return absl::InvalidArgumentError(absl::StrCat(
+          "budget.score: expected SCORE_KIND_ENERGY (1), SCORE_KIND_LOGIT (2) or unset, got ",
+          static_cast<int>(b.score())));
   }
   if (apply_defaults) {
     if (out.min_bits == 0) out.min_bits = 1;

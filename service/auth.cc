@@ -58,8 +58,9 @@ absl::StatusOr<Authenticator> Authenticator::LoadTokenFile(const std::string& pa
 absl::StatusOr<std::string> Authenticator::Authenticate(
     absl::string_view authorization) const {
   if (tokens_.empty()) return std::string(kDefaultTenant);
+  // The scheme name is case-insensitive (RFC 6750 after RFC 7235).
   constexpr absl::string_view kBearer = "Bearer ";
-  if (!absl::StartsWith(authorization, kBearer)) {
+  if (!absl::StartsWithIgnoreCase(authorization, kBearer)) {
     return absl::UnauthenticatedError(
         "authorization: expected metadata 'authorization: Bearer <token>'");
   }

@@ -39,6 +39,19 @@ ABSL_FLAG(std::vector<std::string>, cluster_members, {},
           "Names (host:port, as clients address them) of every server of the cluster, comma-separated; "
           "sessions are created only on the member their id hashes to (empty: on its own)");
 ABSL_FLAG(std::string, cluster_self, "", "This server's name among --cluster_members");
+// Bounds on what a request may name (service/limits.h; README "Limits").
+ABSL_FLAG(int64_t, max_layers, 1024, "Most layers a profile's geometry may have");
+ABSL_FLAG(int64_t, max_heads, 1024, "Most query (and KV) heads a profile's geometry may have");
+ABSL_FLAG(int64_t, max_head_dim, 512, "Largest head_dim (and rotary_dim) of a profile (at most 512)");
+ABSL_FLAG(int64_t, max_profile_bytes, int64_t{1} << 30, "Most host memory one profile's plan may take");
+ABSL_FLAG(int64_t, tenant_profile_bytes, int64_t{4} << 30,
+          "Most host memory one tenant's profiles (stored and being built) may take");
+ABSL_FLAG(int64_t, max_calibration_tokens, int64_t{1} << 20, "Most calibration tokens per layer of one profile");
+ABSL_FLAG(int64_t, max_chunk_tokens, 65536, "Most tokens in one Append message");
+ABSL_FLAG(int64_t, max_sequence_tokens, int64_t{1} << 24, "Most tokens one layer of a session may hold");
+ABSL_FLAG(int64_t, max_attend_items, 1024, "Most items in one Attend request");
+ABSL_FLAG(int64_t, max_q_len, 65536, "Most query positions in one Attend item");
+ABSL_FLAG(int, planner_threads, 2, "Threads that build profile plans (CreateProfile)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10), "Time in-flight calls get at shutdown");
 
@@ -80,6 +93,17 @@ int main(int argc, char** argv) {
   o.enable_echo = absl::GetFlag(FLAGS_enable_echo);
   o.attend_batch_window = absl::GetFlag(FLAGS_attend_batch_window);
   o.attend_batch_max_items = absl::GetFlag(FLAGS_attend_batch_max_items);
+  o.limits.max_layers = absl::GetFlag(FLAGS_max_layers);
+  o.limits.max_heads = absl::GetFlag(FLAGS_max_heads);
+  o.limits.max_head_dim = absl::GetFlag(FLAGS_max_head_dim);
+  o.limits.max_profile_bytes = absl::GetFlag(FLAGS_max_profile_bytes);
+  o.limits.tenant_profile_bytes = absl::GetFlag(FLAGS_tenant_profile_bytes);
+  o.limits.max_calibration_tokens = absl::GetFlag(FLAGS_max_calibration_tokens);
+  o.limits.max_chunk_tokens = absl::GetFlag(FLAGS_max_chunk_tokens);
+  o.limits.max_sequence_tokens = absl::GetFlag(FLAGS_max_sequence_tokens);
+  o.limits.max_attend_items = absl::GetFlag(FLAGS_max_attend_items);
+  o.limits.max_q_len = absl::GetFlag(FLAGS_max_q_len);
+  o.planner_threads = absl::GetFlag(FLAGS_planner_threads);
   if (const int port = absl::GetFlag(FLAGS_metrics_port); port > 0) {
     const std::string& a = o.address;
     const size_t colon = a.rfind(':');

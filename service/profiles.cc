@@ -1,6 +1,8 @@
 #include "service/profiles.h"
 
+#include <cmath>
 #include <filesystem>
+#include <tuple>
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
@@ -27,31 +29,133 @@ absl::Status ValidateId(const std::string& id, const std::string& field) {
 }
 
 absl::StatusOr<std::unique_ptr<ProfileBuilder>> ProfileBuilder::Start(
-    const pb::ProfileSpec& spec) {
+    const pb::ProfileSpec& spec, const std::string& tenant, const RequestLimits& limits,
+    ProfileMemory* memory) {
   if (absl::Status s = ValidateId(spec.profile_id(), "spec.profile_id"); !s.ok()) return s;
+  // Bounds first, on the wire values: everything below is sized by them.
+  if (absl::Status s = CheckGeometryLimits(spec.geometry(), limits); !s.ok()) return s;
   absl::StatusOr<planner::ModelGeometry> g = planner::GeometryFromProto(spec.geometry());
   if (!g.ok()) return absl::InvalidArgumentError(absl::StrCat("spec.", g.status().message()));
   absl::StatusOr<planner::Budget> b = planner::BudgetFromProto(spec.budget(), true);
   if (!b.ok()) return absl::InvalidArgumentError(absl::StrCat("spec.", b.status().message()));
+  const int64_t bytes = planner::ProfileBytesUpperBound(*g);
+  if (bytes > limits.max_profile_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "spec.geometry: a profile of ", g->num_layers, " layers x ", g->num_kv_heads,
+        " KV heads x head_dim ", g->head_dim, " needs up to ", bytes,
+        " bytes of server memory, more than the ", limits.max_profile_bytes,
+        " bytes one profile may take (--max_profile_bytes)"));
+  }
   std::unique_ptr<ProfileBuilder> builder(new ProfileBuilder());
+  if (memory != nullptr) {
+    absl::StatusOr<std::shared_ptr<const ProfileMemory::Charge>> charge =
+        memory->Reserve(tenant, bytes, "spec.geometry");
+    if (!charge.ok()) return charge.status();
+    builder->charge_ = *std::move(charge);
+  }
   builder->spec_ = spec;
+  builder->limits_ = limits;
   builder->geometry_ = *g;
   builder->budget_ = *b;
-  switch (spec.source_case()) {
+  if (absl::Status s = builder->CollectSource(); !s.ok()) return s;
+  return builder;
+}
+
+absl::Status ProfileBuilder::CollectSource() {
+  const planner::ModelGeometry& g = geometry_;
+  // Entries of a scores or allocation source: each (layer, KV head) exactly
+  // once, each value checked where the client can find it.
+  auto collect = [&](const auto& heads, const std::string& field, auto&& check_entry,
+                     auto* out) -> absl::Status {
+    out->assign(g.num_layers, {});
+    for (auto& l : *out) l.resize(g.num_kv_heads);
+    std::vector<std::vector<bool>> seen(g.num_layers, std::vector<bool>(g.num_kv_heads));
+    for (int i = 0; i < heads.size(); ++i) {
+      const auto& h = heads[i];
+      const std::string where = absl::StrCat(field, "[", i, "]");
+      if (h.layer() >= static_cast<uint32_t>(g.num_layers)) {
+        return absl::OutOfRangeError(absl::StrCat(where, ".layer: expected [0, ", g.num_layers,
+                                                  "), got ", h.layer()));
+      }
+      if (h.kv_head() >= static_cast<uint32_t>(g.num_kv_heads)) {
+        return absl::OutOfRangeError(absl::StrCat(where, ".kv_head: expected [0, ",
+                                                  g.num_kv_heads, "), got ", h.kv_head()));
+      }
+      if (seen[h.layer()][h.kv_head()]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": (layer ", h.layer(), ", kv_head ", h.kv_head(), ") given twice"));
+      }
+      seen[h.layer()][h.kv_head()] = true;
+      if (absl::Status s = check_entry(h, where, &(*out)[h.layer()][h.kv_head()]); !s.ok()) {
+        return s;
+      }
+    }
+    for (int l = 0; l < g.num_layers; ++l) {
+      for (int h = 0; h < g.num_kv_heads; ++h) {
+        if (!seen[l][h]) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              field, ": missing (layer ", l, ", kv_head ", h, ")"));
+        }
+      }
+    }
+    return absl::OkStatus();
+  };
+  const int blocks = g.num_blocks();
+  switch (spec_.source_case()) {
     case pb::ProfileSpec::kCalibration: {
-      absl::StatusOr<planner::ScoreAccumulator> acc = planner::ScoreAccumulator::Create(*g);
+      absl::StatusOr<planner::ScoreAccumulator> acc = planner::ScoreAccumulator::Create(g);
       if (!acc.ok()) return acc.status();
-      builder->scores_.emplace(*std::move(acc));
-      break;
+      scores_.emplace(*std::move(acc));
+      query_tokens_.assign(g.num_layers, 0);
+      key_tokens_.assign(g.num_layers, 0);
+      return absl::OkStatus();
     }
     case pb::ProfileSpec::kScores:
+      return collect(spec_.scores().heads(), "spec.scores.heads",
+                     [&](const pb::HeadScores& h, const std::string& where,
+                         std::vector<double>* out) -> absl::Status {
+                       if (h.scores_size() != blocks) {
+                         return absl::InvalidArgumentError(absl::StrCat(
+                             where, ".scores: expected head_dim / 2 = ", blocks, " values, got ",
+                             h.scores_size()));
+                       }
+                       for (int j = 0; j < blocks; ++j) {
+                         const double x = h.scores(j);
+                         if (!std::isfinite(x) || x < 0) {
+                           return absl::InvalidArgumentError(absl::StrCat(
+                               where, ".scores[", j, "]: expected a finite value >= 0, got ", x));
+                         }
+                       }
+                       out->assign(h.scores().begin(), h.scores().end());
+                       return absl::OkStatus();
+                     },
+                     &given_scores_);
     case pb::ProfileSpec::kAllocation:
-      break;
+      return collect(spec_.allocation().heads(), "spec.allocation.heads",
+                     [&](const pb::HeadAllocation& h, const std::string& where,
+                         std::vector<int>* out) -> absl::Status {
+                       if (h.block_bits_size() != blocks) {
+                         return absl::InvalidArgumentError(absl::StrCat(
+                             where, ".block_bits: expected head_dim / 2 = ", blocks,
+                             " widths, got ", h.block_bits_size()));
+                       }
+                       for (int j = 0; j < blocks; ++j) {
+                         const uint32_t x = h.block_bits(j);
+                         if (x < static_cast<uint32_t>(budget_.min_bits) ||
+                             x > static_cast<uint32_t>(budget_.max_bits)) {
+                           return absl::InvalidArgumentError(absl::StrCat(
+                               where, ".block_bits[", j, "]: expected [", budget_.min_bits, ", ",
+                               budget_.max_bits, "] (spec.budget.min_bits..max_bits), got ", x));
+                         }
+                         out->push_back(static_cast<int>(x));
+                       }
+                       return absl::OkStatus();
+                     },
+                     &given_bits_);
     default:
       return absl::InvalidArgumentError(
           "spec.source: expected calibration, scores or allocation");
   }
-  return builder;
 }
 
 absl::Status ProfileBuilder::AddCalibration(const pb::CalibrationChunk& chunk) {
@@ -78,9 +182,19 @@ absl::Status ProfileBuilder::AddCalibration(const pb::CalibrationChunk& chunk) {
     if (!t.ok()) return t.status();
     k = *std::move(t);
   }
-  // Both tensors are validated (finite, shaped) before anything is added.
+  // Both tensors are validated (finite, shaped, within the limit) before
+  // anything is added.
   const int64_t q_tokens = chunk.has_queries() ? chunk.queries().shape(1) : 0;
   const int64_t k_tokens = chunk.has_keys() ? chunk.keys().shape(1) : 0;
+  const int64_t cap = limits_.max_calibration_tokens;
+  for (auto [field, have, adding] : {std::tuple{"calibration.queries", query_tokens_[layer], q_tokens},
+                                     std::tuple{"calibration.keys", key_tokens_[layer], k_tokens}}) {
+    if (adding > cap - have) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          field, ": layer ", layer, " would have ", have + adding,
+          " calibration tokens, more than the ", cap, " allowed (--max_calibration_tokens)"));
+    }
+  }
   for (int h = 0; h < g.num_q_heads && q_tokens > 0; ++h) {
     absl::Status s = scores_->AddQueries(layer, h, q.data() + h * q_tokens * g.head_dim, q_tokens);
     if (!s.ok()) return s;
@@ -89,66 +203,23 @@ absl::Status ProfileBuilder::AddCalibration(const pb::CalibrationChunk& chunk) {
     absl::Status s = scores_->AddKeys(layer, h, k.data() + h * k_tokens * g.head_dim, k_tokens);
     if (!s.ok()) return s;
   }
+  query_tokens_[layer] += q_tokens;
+  key_tokens_[layer] += k_tokens;
   return absl::OkStatus();
 }
 
-absl::StatusOr<planner::ModelProfile> ProfileBuilder::Finish() {
-  const planner::ModelGeometry& g = geometry_;
+absl::StatusOr<planner::ModelProfile> ProfileBuilder::Finish(const planner::CancelCheck& cancelled) {
   absl::StatusOr<planner::ModelProfile> profile;
-  auto collect = [&](const auto& heads, const char* field, auto&& value_of, auto* out) -> absl::Status {
-    out->assign(g.num_layers, {});
-    for (auto& l : *out) l.resize(g.num_kv_heads);
-    std::vector<std::vector<bool>> seen(g.num_layers, std::vector<bool>(g.num_kv_heads));
-    for (const auto& h : heads) {
-      if (h.layer() >= static_cast<uint32_t>(g.num_layers) ||
-          h.kv_head() >= static_cast<uint32_t>(g.num_kv_heads)) {
-        return absl::OutOfRangeError(absl::StrCat(
-            field, ": (layer ", h.layer(), ", kv_head ", h.kv_head(),
-            ") outside the geometry"));
-      }
-      if (seen[h.layer()][h.kv_head()]) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            field, ": (layer ", h.layer(), ", kv_head ", h.kv_head(), ") given twice"));
-      }
-      seen[h.layer()][h.kv_head()] = true;
-      (*out)[h.layer()][h.kv_head()] = value_of(h);
-    }
-    for (int l = 0; l < g.num_layers; ++l) {
-      for (int h = 0; h < g.num_kv_heads; ++h) {
-        if (!seen[l][h]) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              field, ": missing (layer ", l, ", kv_head ", h, ")"));
-        }
-      }
-    }
-    return absl::OkStatus();
-  };
   switch (spec_.source_case()) {
     case pb::ProfileSpec::kCalibration:
-      profile = planner::BuildProfile(*scores_, budget_);
+      profile = planner::BuildProfile(*scores_, budget_, cancelled);
       break;
-    case pb::ProfileSpec::kScores: {
-      planner::PerHead scores;
-      absl::Status s = collect(spec_.scores().heads(), "spec.scores.heads",
-                               [](const pb::HeadScores& h) {
-                                 return std::vector<double>(h.scores().begin(), h.scores().end());
-                               }, &scores);
-      if (!s.ok()) return s;
-      profile = planner::BuildProfileFromScores(g, budget_, scores);
+    case pb::ProfileSpec::kScores:
+      profile = planner::BuildProfileFromScores(geometry_, budget_, given_scores_, cancelled);
       break;
-    }
-    case pb::ProfileSpec::kAllocation: {
-      planner::PerHeadBits bits;
-      absl::Status s = collect(spec_.allocation().heads(), "spec.allocation.heads",
-                               [](const pb::HeadAllocation& h) {
-                                 std::vector<int> b;
-                                 for (uint32_t x : h.block_bits()) b.push_back(x > 64 ? 64 : static_cast<int>(x));
-                                 return b;
-                               }, &bits);
-      if (!s.ok()) return s;
-      profile = planner::BuildProfileFromAllocation(g, budget_, bits);
+    case pb::ProfileSpec::kAllocation:
+      profile = planner::BuildProfileFromAllocation(geometry_, budget_, given_bits_, cancelled);
       break;
-    }
     default:
       return absl::InvalidArgumentError("spec.source: missing");
   }
@@ -157,7 +228,8 @@ absl::StatusOr<planner::ModelProfile> ProfileBuilder::Finish() {
   return profile;
 }
 
-ProfileRegistry::ProfileRegistry(std::string data_dir) : data_dir_(std::move(data_dir)) {}
+ProfileRegistry::ProfileRegistry(std::string data_dir, ProfileMemory* memory)
+    : data_dir_(std::move(data_dir)), memory_(memory) {}
 
 std::string ProfileRegistry::PathFor(const std::string& tenant,
                                      const std::string& id) const {
@@ -182,6 +254,9 @@ std::pair<int, int> ProfileRegistry::LoadAll() {
       entry.profile_id = id;
       absl::StatusOr<planner::ModelProfile> p = planner::LoadProfile(f.path().string());
       if (p.ok()) {
+        if (memory_ != nullptr) {
+          entry.memory = memory_->ReserveUnchecked(tenant, planner::ProfileBytesUpperBound(p->geometry));
+        }
         entry.profile = std::make_shared<const planner::ModelProfile>(*std::move(p));
         ++loaded;
       } else {
@@ -195,7 +270,8 @@ std::pair<int, int> ProfileRegistry::LoadAll() {
 }
 
 absl::Status ProfileRegistry::Add(const std::string& tenant, const std::string& id,
-                                  planner::ModelProfile profile) {
+                                  planner::ModelProfile profile,
+                                  std::shared_ptr<const ProfileMemory::Charge> charge) {
   absl::MutexLock lock(&mu_);
   if (entries_.count({tenant, id}) != 0) {
     return absl::AlreadyExistsError(absl::StrCat("profile '", id, "' already exists"));
@@ -212,6 +288,7 @@ absl::Status ProfileRegistry::Add(const std::string& tenant, const std::string& 
   ProfileEntry entry;
   entry.profile_id = id;
   entry.profile = std::make_shared<const planner::ModelProfile>(std::move(profile));
+  entry.memory = std::move(charge);
   entries_[{tenant, id}] = std::move(entry);
   return absl::OkStatus();
 }

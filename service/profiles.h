@@ -24,6 +24,7 @@
 #include "planner/plan.h"
 #include "planner/scores.h"
 #include "ropekv/v1/service.pb.h"
+#include "service/limits.h"
 
 namespace ropekv::service {
 
@@ -34,37 +35,59 @@ absl::Status ValidateId(const std::string& id, const std::string& field);
 // Accumulates one CreateProfile stream.
 class ProfileBuilder {
  public:
-  // Validates the spec (id, geometry, budget, source). INVALID_ARGUMENT
-  // naming the field.
+  // Validates the spec (id, geometry and its limits, budget, source; a
+  // scores or allocation source entry by entry, with paths from the
+  // message root such as spec.scores.heads[3].scores[5]) and charges the
+  // profile's memory bound to `tenant` before anything is allocated.
+  // INVALID_ARGUMENT or OUT_OF_RANGE naming the field; RESOURCE_EXHAUSTED
+  // when the profile is larger than limits.max_profile_bytes or the
+  // tenant's profile memory would pass its limit.
   static absl::StatusOr<std::unique_ptr<ProfileBuilder>> Start(
-      const ropekv::v1::ProfileSpec& spec);
+      const ropekv::v1::ProfileSpec& spec, const std::string& tenant,
+      const RequestLimits& limits, ProfileMemory* memory);
   // Adds calibration samples. FAILED_PRECONDITION when the source is not
   // calibration; OUT_OF_RANGE for a bad layer; INVALID_ARGUMENT for bad
-  // tensors (nothing is added then).
+  // tensors; RESOURCE_EXHAUSTED past limits.max_calibration_tokens (nothing
+  // is added then).
   absl::Status AddCalibration(const ropekv::v1::CalibrationChunk& chunk);
-  // Runs the allocation and builds the plans.
-  absl::StatusOr<planner::ModelProfile> Finish();
+  // Runs the allocation and builds the plans; CANCELLED as soon as
+  // `cancelled` returns true (it is asked between heads).
+  absl::StatusOr<planner::ModelProfile> Finish(const planner::CancelCheck& cancelled = {});
 
   const std::string& profile_id() const { return spec_.profile_id(); }
+  // The memory charged for the profile: the registry keeps it with the
+  // stored profile, so it stays counted until the profile is deleted.
+  std::shared_ptr<const ProfileMemory::Charge> charge() const { return charge_; }
 
  private:
   ProfileBuilder() = default;
+  absl::Status CollectSource();
+
   ropekv::v1::ProfileSpec spec_;
+  RequestLimits limits_;
   planner::ModelGeometry geometry_;
   planner::Budget budget_;
   std::optional<planner::ScoreAccumulator> scores_;
+  planner::PerHead given_scores_;     // a scores source, checked
+  planner::PerHeadBits given_bits_;   // an allocation source, checked
+  std::vector<int64_t> query_tokens_, key_tokens_;  // calibration tokens per layer
+  std::shared_ptr<const ProfileMemory::Charge> charge_;
 };
 
 struct ProfileEntry {
   std::string profile_id;
   std::shared_ptr<const planner::ModelProfile> profile;  // null if unavailable
   std::string unavailable_reason;
+  // The profile's share of its tenant's profile memory (null when the
+  // registry counts none).
+  std::shared_ptr<const ProfileMemory::Charge> memory;
 };
 
 class ProfileRegistry {
  public:
-  // `data_dir` empty: profiles live in memory only.
-  explicit ProfileRegistry(std::string data_dir);
+  // `data_dir` empty: profiles live in memory only. `memory` (may be null)
+  // is charged for profiles loaded from disk.
+  explicit ProfileRegistry(std::string data_dir, ProfileMemory* memory = nullptr);
 
   // Loads every profile file under the data directory. Files that fail to
   // load become unavailable entries. Returns how many loaded and failed.
@@ -72,8 +95,10 @@ class ProfileRegistry {
 
   // Persists, then registers. ALREADY_EXISTS for a taken id; INTERNAL or
   // PERMISSION_DENIED when the file cannot be written (nothing registered).
+  // `charge` (may be null) stays with the entry until it is deleted.
   absl::Status Add(const std::string& tenant, const std::string& profile_id,
-                   planner::ModelProfile profile);
+                   planner::ModelProfile profile,
+                   std::shared_ptr<const ProfileMemory::Charge> charge = nullptr);
   // NOT_FOUND for an unknown id (or another tenant's); FAILED_PRECONDITION
   // for an unavailable one.
   absl::StatusOr<std::shared_ptr<const planner::ModelProfile>> Get(
@@ -88,6 +113,7 @@ class ProfileRegistry {
   std::string PathFor(const std::string& tenant, const std::string& id) const;
 
   const std::string data_dir_;
+  ProfileMemory* const memory_;
   mutable absl::Mutex mu_;
   // (tenant, id) -> entry
   std::map<std::pair<std::string, std::string>, ProfileEntry> entries_

@@ -1,7 +1,11 @@
 #include "service/rope_kv_service.h"
 
+#include <algorithm>
 #include <cmath>
+#include <exception>
 #include <memory>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -46,6 +50,22 @@ void StatsToInfo(const SessionStats& s, const Session& session, pb::SessionInfo*
   info->set_last_used_unix_ms(absl::ToUnixMillis(s.last_used));
 }
 
+// Runs `fn`; an exception (in practice an allocation that failed) becomes a
+// status, so none escapes into gRPC's threads. Callers change state only
+// after their allocations, so a failed call leaves nothing behind.
+template <typename Fn>
+absl::Status Guarded(Fn&& fn) {
+  try {
+    return fn();
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("the server is out of memory for this call; nothing was changed");
+  } catch (const std::length_error& e) {
+    return absl::ResourceExhaustedError(absl::StrCat("the call asks for too much memory: ", e.what()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("internal error: ", e.what()));
+  }
+}
+
 absl::Status CheckResponseSize(const google::protobuf::Message& m, int64_t limit) {
   const size_t size = m.ByteSizeLong();
   if (static_cast<int64_t>(size) > limit) {
@@ -63,7 +83,7 @@ grpc::ServerUnaryReactor* Unary(const RopeKvService* service, const char* method
   const absl::Time start = absl::Now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   absl::StatusOr<std::string> tenant = service->TenantOf(ctx);
-  absl::Status s = tenant.ok() ? fn(*tenant) : tenant.status();
+  absl::Status s = tenant.ok() ? Guarded([&] { return fn(*tenant); }) : tenant.status();
   const grpc::Status status = ToGrpcStatus(s);
   service->Record(method, start, status);
   reactor->Finish(status);
@@ -112,10 +132,21 @@ class CreateProfileReactor final
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      FinishRecorded(ctx_->IsCancelled() ? absl::CancelledError("cancelled") : Complete());
+      if (ctx_->IsCancelled()) {
+        FinishRecorded(absl::CancelledError("cancelled"));
+      } else if (builder_ == nullptr) {
+        FinishRecorded(absl::InvalidArgumentError("spec: expected a spec message"));
+      } else if (service_->deps().planner == nullptr) {
+        FinishRecorded(Guarded([&] { return Complete(); }));
+      } else {
+        // Planning a large model takes seconds to minutes: off the callback
+        // thread, and stopped when the call is cancelled (by the client, its
+        // deadline or the server's shutdown).
+        service_->deps().planner->Submit([this] { FinishRecorded(Guarded([&] { return Complete(); })); });
+      }
       return;
     }
-    absl::Status s = Handle();
+    absl::Status s = Guarded([&] { return Handle(); });
     if (!s.ok()) {
       FinishRecorded(s);
       return;
@@ -131,7 +162,8 @@ class CreateProfileReactor final
       if (builder_ != nullptr) {
         return absl::InvalidArgumentError("spec: expected only in the first message");
       }
-      absl::StatusOr<std::unique_ptr<ProfileBuilder>> b = ProfileBuilder::Start(request_.spec());
+      absl::StatusOr<std::unique_ptr<ProfileBuilder>> b = ProfileBuilder::Start(
+          request_.spec(), tenant_, service_->deps().limits, service_->deps().profile_memory);
       if (!b.ok()) return b.status();
       builder_ = *std::move(b);
       return absl::OkStatus();
@@ -146,11 +178,13 @@ class CreateProfileReactor final
   }
 
   absl::Status Complete() {
-    if (builder_ == nullptr) return absl::InvalidArgumentError("spec: expected a spec message");
-    absl::StatusOr<planner::ModelProfile> profile = builder_->Finish();
+    absl::StatusOr<planner::ModelProfile> profile =
+        builder_->Finish([ctx = ctx_] { return ctx->IsCancelled(); });
     if (!profile.ok()) return profile.status();
     const std::string id = builder_->profile_id();
-    if (absl::Status s = service_->deps().profiles->Add(tenant_, id, *std::move(profile)); !s.ok()) {
+    if (absl::Status s = service_->deps().profiles->Add(tenant_, id, *std::move(profile),
+                                                        builder_->charge());
+        !s.ok()) {
       return s;
     }
     absl::StatusOr<ProfileEntry> entry = service_->deps().profiles->Entry(tenant_, id);
@@ -186,13 +220,16 @@ class AppendReactor final : public Recorded<grpc::ServerReadReactor<pb::AppendRe
     if (!ok) {
       // End of the client's stream, or cancellation/deadline: only the
       // former commits.
-      absl::Status s = ctx_->IsCancelled() ? absl::CancelledError("append cancelled") : Commit();
+      absl::Status s = ctx_->IsCancelled()
+                           ? absl::CancelledError("append cancelled")
+                           : Guarded([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return Commit(); });
       Finish(s);
       return;
     }
     current_.Swap(&request_);
     StartRead(&request_);
-    if (absl::Status s = Handle(current_); !s.ok()) Finish(s);
+    absl::Status s = Guarded([&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return Handle(current_); });
+    if (!s.ok()) Finish(s);
   }
 
   void OnDone() override { delete this; }
@@ -224,6 +261,12 @@ class AppendReactor final : public Recorded<grpc::ServerReadReactor<pb::AppendRe
       return absl::OutOfRangeError(absl::StrCat(
           "layer: expected [0, ", g.num_layers, "), got ", m.layer()));
     }
+    const RequestLimits& limits = service_->deps().limits;
+    if (m.keys().shape_size() == 3 && m.keys().shape(1) > limits.max_chunk_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "keys.shape[1]: expected at most ", limits.max_chunk_tokens,
+          " tokens per message (--max_chunk_tokens), got ", m.keys().shape(1)));
+    }
     absl::StatusOr<std::vector<float>> keys =
         proto::TensorToFloats(m.keys(), {g.num_kv_heads, -1, g.head_dim}, "keys");
     if (!keys.ok()) return keys.status();
@@ -231,8 +274,14 @@ class AppendReactor final : public Recorded<grpc::ServerReadReactor<pb::AppendRe
     absl::StatusOr<std::vector<float>> values =
         proto::TensorToFloats(m.values(), {g.num_kv_heads, tokens, g.head_dim}, "values");
     if (!values.ok()) return values.status();
-    if (m.token_start() > (uint64_t{1} << 40)) {
-      return absl::OutOfRangeError("token_start: too large");
+    // token_start must be the layer's length (checked by the transaction),
+    // which never passes the limit; so this bounds both.
+    if (m.token_start() > static_cast<uint64_t>(limits.max_sequence_tokens) ||
+        static_cast<int64_t>(m.token_start()) + tokens > limits.max_sequence_tokens) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "keys: tokens [", m.token_start(), ", ", m.token_start() + tokens, ") of layer ",
+          m.layer(), " pass the ", limits.max_sequence_tokens,
+          " tokens a session's layer may hold (--max_sequence_tokens)"));
     }
     return txn_->Add(static_cast<int>(m.layer()),
                      static_cast<int64_t>(m.token_start()), keys->data(),
@@ -285,7 +334,7 @@ class AttendStreamReactor final
       return;
     }
     response_.Clear();
-    absl::Status s = service_->DoAttend(tenant_, request_, &response_);
+    absl::Status s = Guarded([&] { return service_->DoAttend(tenant_, request_, &response_); });
     if (!s.ok()) {
       FinishRecorded(s);
       return;
@@ -315,7 +364,7 @@ class ReadReactor final : public Recorded<grpc::ServerWriteReactor<pb::ReadRespo
   ReadReactor(const RopeKvService* service, grpc::CallbackServerContext* ctx,
               const pb::ReadRequest* request)
       : Recorded(service, "Read"), request_(*request) {
-    absl::Status s = Start(ctx);
+    absl::Status s = Guarded([&] { return Start(ctx); });
     if (!s.ok()) {
       FinishRecorded(s);
       return;
@@ -352,11 +401,18 @@ class ReadReactor final : public Recorded<grpc::ServerWriteReactor<pb::ReadRespo
       default:
         return absl::InvalidArgumentError("format: expected FP16, FP32 or PACKED");
     }
-    for (uint32_t layer : request_.layers()) {
+    std::vector<bool> asked(g.num_layers);
+    for (int i = 0; i < request_.layers_size(); ++i) {
+      const uint32_t layer = request_.layers(i);
       if (layer >= static_cast<uint32_t>(g.num_layers)) {
         return absl::OutOfRangeError(absl::StrCat(
-            "layers: expected values in [0, ", g.num_layers, "), got ", layer));
+            "layers[", i, "]: expected values in [0, ", g.num_layers, "), got ", layer));
       }
+      if (asked[layer]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "layers[", i, "]: layer ", layer, " given twice; expected distinct layers"));
+      }
+      asked[layer] = true;
       layers_.push_back(static_cast<int>(layer));
     }
     if (layers_.empty()) {
@@ -402,7 +458,14 @@ class ReadReactor final : public Recorded<grpc::ServerWriteReactor<pb::ReadRespo
     response_.Clear();
     if (send_plan_) {
       send_plan_ = false;
-      *response_.mutable_plan() = planner::ProfileToProto(session_->profile());
+      absl::Status s = Guarded([&] {
+        *response_.mutable_plan() = planner::ProfileToProto(session_->profile());
+        return absl::OkStatus();
+      });
+      if (!s.ok()) {
+        FinishRecorded(s);
+        return;
+      }
       StartWrite(&response_);
       return;
     }
@@ -413,7 +476,7 @@ class ReadReactor final : public Recorded<grpc::ServerWriteReactor<pb::ReadRespo
       FinishRecorded(grpc::Status::OK);
       return;
     }
-    absl::Status s = FillChunk();
+    absl::Status s = Guarded([&] { return FillChunk(); });
     if (!s.ok()) {
       FinishRecorded(s);
       return;
@@ -492,6 +555,12 @@ absl::Status RopeKvService::DoAttend(const std::string& tenant, const pb::Attend
   if (req.items_size() == 0) {
     return absl::InvalidArgumentError("items: expected at least one item");
   }
+  const RequestLimits& limits = deps_.limits;
+  if (req.items_size() > limits.max_attend_items) {
+    return absl::InvalidArgumentError(absl::StrCat("items: expected at most ", limits.max_attend_items,
+                                                   " items per call (--max_attend_items), got ",
+                                                   req.items_size()));
+  }
   // Every item is checked and converted before any is computed.
   struct Work {
     std::shared_ptr<Session> session;
@@ -517,14 +586,30 @@ absl::Status RopeKvService::DoAttend(const std::string& tenant, const pb::Attend
                                                 "), got ", item.layer()));
     }
     w.layer = static_cast<int>(item.layer());
+    if (item.queries().shape_size() == 3 &&
+        (item.queries().shape(1) < 1 || item.queries().shape(1) > limits.max_q_len)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, "queries.shape[1]: expected q_len in [1, ", limits.max_q_len,
+          "] (--max_q_len), got ", item.queries().shape(1)));
+    }
     absl::StatusOr<std::vector<float>> q =
         proto::TensorToFloats(item.queries(), {g.num_q_heads, -1, g.head_dim}, where + "queries");
     if (!q.ok()) return q.status();
     w.q = *std::move(q);
     w.q_len = item.queries().shape(1);
-    if (w.q_len < 1 || w.q_len > 65536) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, "queries.shape[1]: expected q_len in [1, 65536], got ", w.q_len));
+    // Query i sits at position causal_offset + i, so every position must
+    // be a committed token; an offset at or below -q_len hides every token
+    // (lse -inf) and is taken as -q_len, so nothing downstream can wrap.
+    int64_t causal_offset = 0;
+    if (item.has_causal_offset()) {
+      const int64_t length = w.session->tokens(w.layer);
+      causal_offset = std::max<int64_t>(item.causal_offset(), -w.q_len);
+      if (causal_offset > length - w.q_len) {
+        return absl::OutOfRangeError(absl::StrCat(
+            where, "causal_offset: expected at most layer length - q_len = ", length - w.q_len,
+            " (layer ", w.layer, " has ", length, " committed tokens, q_len ", w.q_len, "), got ",
+            item.causal_offset(), "; the queries' own tokens must be appended before attending"));
+      }
     }
     if (!std::isfinite(item.scale())) {
       return absl::InvalidArgumentError(absl::StrCat(where, "scale: expected a finite value"));
@@ -536,7 +621,7 @@ absl::Status RopeKvService::DoAttend(const std::string& tenant, const pb::Attend
     p.num_q_heads = g.num_q_heads;
     p.q_len = static_cast<int>(w.q_len);
     p.causal = item.has_causal_offset();
-    p.causal_offset = item.causal_offset();
+    p.causal_offset = causal_offset;
     p.scale = item.scale() != 0 ? item.scale() : 1.0f / std::sqrt(static_cast<float>(g.head_dim));
     p.out = w.out.data();
     p.lse = w.lse.data();

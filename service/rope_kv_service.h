@@ -21,6 +21,8 @@
 #include "ropekv/v1/service.grpc.pb.h"
 #include "service/attend_batcher.h"
 #include "service/auth.h"
+#include "service/executor.h"
+#include "service/limits.h"
 #include "service/metrics.h"
 #include "service/page_pool.h"
 #include "service/profiles.h"
@@ -47,6 +49,13 @@ struct ServiceDeps {
   bool enable_echo = false;
   // Merges concurrent calls' attention items (null: each call on its own).
   AttendBatcher* batcher = nullptr;
+  // Bounds on what a request may name, and the tenants' profile memory
+  // (null: not counted).
+  RequestLimits limits;
+  ProfileMemory* profile_memory = nullptr;
+  // Where profile plans are built, off the callback threads (null: on the
+  // callback thread that ends the stream).
+  Executor* planner = nullptr;
   // Cluster membership (ServerOptions): empty = owns every session.
   std::vector<std::string> cluster_members;
   std::string cluster_self;

@@ -16,6 +16,8 @@
 #endif
 #include "service/attend_batcher.h"
 #include "service/auth.h"
+#include "service/executor.h"
+#include "service/limits.h"
 #include "service/log.h"
 #include "service/metrics.h"
 #include "service/page_pool.h"
@@ -25,6 +27,8 @@
 
 namespace ropekv::service {
 namespace {
+
+constexpr char kServiceName[] = "ropekv.v1.RopeKv";
 
 bool IsLoopback(const std::string& address) {
   return absl::StartsWith(address, "127.") || absl::StartsWith(address, "localhost:") ||
@@ -78,6 +82,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("attend_batch_max_items: expected [1, 4096], got ", o.attend_batch_max_items));
   }
+  if (absl::Status s = o.limits.Validate(); !s.ok()) return s;
+  if (o.planner_threads < 1 || o.planner_threads > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("planner_threads: expected [1, 256], got ", o.planner_threads));
+  }
   if (o.backend != "auto" && o.backend != "cpu" && o.backend != "cuda") {
     return absl::InvalidArgumentError(
         absl::StrCat("backend: expected auto, cpu or cuda, got '", o.backend, "'"));
@@ -113,7 +122,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
     *server->auth_ = *std::move(auth);
   }
 
-  server->profiles_ = std::make_unique<ProfileRegistry>(o.data_dir);
+  server->profile_memory_ = std::make_unique<ProfileMemory>(o.limits.tenant_profile_bytes);
+  server->profiles_ = std::make_unique<ProfileRegistry>(o.data_dir, server->profile_memory_.get());
   const auto [loaded, failed] = server->profiles_->LoadAll();
   if (failed > 0) {
     Log(LogLevel::kWarning, "profiles_unavailable",
@@ -141,6 +151,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   deps.enable_echo = o.enable_echo;
   deps.cluster_members = o.cluster_members;
   deps.cluster_self = o.cluster_self;
+  deps.limits = o.limits;
+  deps.profile_memory = server->profile_memory_.get();
+  server->planner_ = std::make_unique<Executor>(o.planner_threads);
+  deps.planner = server->planner_.get();
   server->batcher_ = std::make_unique<AttendBatcher>(server->backend_.get(), o.attend_batch_window,
                                                      o.attend_batch_max_items);
   deps.batcher = server->batcher_.get();
@@ -173,6 +187,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", o.address));
   }
+  // Health by the empty name (the server) and by the service's own name,
+  // which Kubernetes probes and grpc-health-probe -service ask for.
+  server->server_->GetHealthCheckService()->SetServingStatus(kServiceName, true);
   server->server_->GetHealthCheckService()->SetServingStatus(true);
   server->RefreshGauges();
   server->janitor_ = std::thread([s = server.get()] {

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "service/limits.h"
 
 namespace grpc {
 class Server;
@@ -33,6 +34,8 @@ class Authenticator;
 class RopeKvService;
 class Metrics;
 class AttendBatcher;
+class Executor;
+class ProfileMemory;
 
 struct ServerOptions {
   // host:port; port 0 picks a free one (see Server::port()).
@@ -76,6 +79,11 @@ struct ServerOptions {
   // empty = a server on its own, owning every session.
   std::vector<std::string> cluster_members;
   std::string cluster_self;
+  // Bounds on every size a request can name (service/limits.h).
+  RequestLimits limits;
+  // Threads that build profile plans (CreateProfile), off the callback
+  // threads; builds beyond these wait in order.
+  int planner_threads = 2;
 };
 
 class Server {
@@ -108,12 +116,16 @@ class Server {
   // pool's memory, the pool outlives the sessions that hold its pages.
   std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<PagePool> pool_;
+  std::unique_ptr<ProfileMemory> profile_memory_;  // outlives the profiles it counts
   std::unique_ptr<ProfileRegistry> profiles_;
   std::unique_ptr<SessionStore> sessions_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<AttendBatcher> batcher_;
   std::unique_ptr<RopeKvService> service_;
+  // Its work belongs to calls, so it is joined after the server has
+  // ended every call and before the service goes.
+  std::unique_ptr<Executor> planner_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   absl::Notification stop_;

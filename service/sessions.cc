@@ -61,6 +61,11 @@ Session::LayerSnapshot Session::Snapshot(int layer) const {
   return s;
 }
 
+int64_t Session::tokens(int layer) const {
+  absl::MutexLock lock(&mu_);
+  return layers_[layer].tokens;
+}
+
 SessionStats Session::Stats() const {
   absl::MutexLock lock(&mu_);
   SessionStats s;

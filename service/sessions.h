@@ -82,6 +82,8 @@ class Session {
     }
   };
   LayerSnapshot Snapshot(int layer) const;
+  // Committed tokens of `layer` (it only grows). REQUIRES: a valid layer.
+  int64_t tokens(int layer) const;
 
   // Attention of one layer over every committed token: the packed cache,
   // merged (by lse) with the fp16 sinks and window when the session has

@@ -47,7 +47,7 @@ absl::StatusOr<uint16_t> QuantizeGroup(const float* x, int dim,
   const float corrected = static_cast<float>(norm / std::sqrt(code_norm2));
   if (!(corrected <= 65504.0f)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "vector norm ", norm, " is beyond the fp16 range of stored norms"));
+        "vector norm ", norm, " is beyond the fp16 range of stored norms (65504)"));
   }
   return FloatToHalf(corrected);
 }
@@ -84,7 +84,9 @@ absl::Status EncodeKey(const planner::HeadPlan& plan, const float* key,
     const planner::KeyGroupPlan& grp = plan.key_groups[g];
     absl::StatusOr<uint16_t> n = QuantizeGroup(x + grp.offset, grp.dim, grp.rotation,
                                                grp.codebook, codes + grp.offset);
-    if (!n.ok()) return n.status();
+    if (!n.ok()) {
+      return absl::Status(n.status().code(), absl::StrCat("key group ", g, ": ", n.status().message()));
+    }
     norms[g] = *n;
   }
   uint8_t* stream = record + plan.layout.key_codes_offset;
@@ -103,7 +105,7 @@ absl::Status EncodeValue(const planner::HeadPlan& plan, const float* value,
   uint8_t codes[planner::kMaxHeadDim];
   absl::StatusOr<uint16_t> n = QuantizeGroup(value, d, plan.value_rotation,
                                              plan.value_codebook, codes);
-  if (!n.ok()) return n.status();
+  if (!n.ok()) return absl::Status(n.status().code(), absl::StrCat("value: ", n.status().message()));
   StoreHalf(record + plan.layout.value_norm_offset, *n);
   PackBits(codes, d, plan.value_bits, record + plan.layout.value_codes_offset, 0);
   return absl::OkStatus();

@@ -66,10 +66,15 @@ class CpuBackend final : public Backend {
       for (int64_t i = 0; i < num_tokens; ++i) {
         uint8_t* rec = Record(cache, layout, hp, h, first_token + i);
         const int64_t row = (static_cast<int64_t>(h) * num_tokens + i) * d;
+        // The message names the argument (keys or values), then the row.
         absl::Status s = EncodeKey(hp, keys + row, rec);
-        if (s.ok()) s = EncodeValue(hp, values + row, rec);
+        const char* what = "keys";
+        if (s.ok()) {
+          s = EncodeValue(hp, values + row, rec);
+          what = "values";
+        }
         if (!s.ok()) {
-          status[h] = absl::Status(s.code(), absl::StrCat("kv_head ", h, " token ",
+          status[h] = absl::Status(s.code(), absl::StrCat(what, ": kv_head ", h, " token ",
                                                           first_token + i, ": ",
                                                           s.message()));
           return;

@@ -377,7 +377,7 @@ __global__ void __launch_bounds__(kEncodeThreads) EncodeKernel(EncodeParams p) {
   for (int e = tid; e < tokens * (num_groups + 1); e += blockDim.x) {
     const int t = e / (num_groups + 1), g = e % (num_groups + 1);
     const float n = corrected[t * kNorms + (g < num_groups ? g : kMaxGroups)];
-    if (!(n <= 65504.0f)) atomicExch(p.overflow, 1);
+    if (!(n <= 65504.0f)) atomicOr(p.overflow, g < num_groups ? kOverflowKeys : kOverflowValues);
     StoreHalf(records[t] + (g < num_groups ? hp.key_norms_offset + 2 * g : hp.value_norm_offset), n);
   }
 }

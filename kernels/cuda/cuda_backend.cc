@@ -277,7 +277,11 @@ class CudaBackend final : public Backend {
     RETURN_IF_CUDA(cudaMemcpyAsync(&overflow, ln.flag.ptr, 4, cudaMemcpyDeviceToHost, ln.stream), "flag");
     RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "encode");
     if (overflow != 0) {
-      return absl::InvalidArgumentError("a vector norm is beyond the fp16 range of stored norms");
+      const char* what = overflow == dev::kOverflowKeys     ? "keys"
+                         : overflow == dev::kOverflowValues ? "values"
+                                                            : "keys and values";
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, ": a vector norm is beyond the fp16 range of stored norms (65504)"));
     }
     return absl::OkStatus();
   }

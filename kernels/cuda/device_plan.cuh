@@ -70,6 +70,11 @@ __host__ __device__ inline int RotationFragmentIndex(int nt, int s, int k_steps,
   return (nt * k_steps + s) * 32 + lane;
 }
 
+// Bits of EncodeParams::overflow: which of the inputs had a vector whose
+// corrected norm is beyond fp16.
+inline constexpr int kOverflowKeys = 1;
+inline constexpr int kOverflowValues = 2;
+
 struct EncodeParams {
   const HeadPlanDevice* heads;  // [num_heads]
   int num_heads;
@@ -79,7 +84,7 @@ struct EncodeParams {
   long long num_tokens;
   long long first_token;  // cache position of token 0
   PagedLayerDevice cache;
-  int* overflow;  // set to 1 when a corrected norm exceeds the fp16 range
+  int* overflow;  // ORed with kOverflowKeys / kOverflowValues when a corrected norm exceeds the fp16 range
   int max_levels;  // key levels of all groups plus value levels, max over heads
 };
 
