@@ -96,14 +96,19 @@ absl::Status Client::WaitForReady(absl::Duration timeout) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> Client::Healthy() {
-  // grpc.health.v1.Health/Check with an empty service name, without the
-  // generated health stubs: the request is empty and the response's field 1
-  // is the status enum (1 = SERVING).
+absl::StatusOr<bool> Client::Healthy(const std::string& service) {
+  // grpc.health.v1.Health/Check without the generated health stubs: the
+  // request's field 1 is the service name (absent for the whole server)
+  // and the response's field 1 is the status enum (1 = SERVING).
+  if (service.size() > 127) return absl::InvalidArgumentError("service: expected at most 127 characters");
   auto ctx = NewContext();
   grpc::ByteBuffer request, response;
-  grpc::Slice empty("");
-  request = grpc::ByteBuffer(&empty, 1);
+  std::string request_bytes;
+  if (!service.empty()) {
+    request_bytes = std::string(1, '\x0a') + static_cast<char>(service.size()) + service;
+  }
+  grpc::Slice request_slice(request_bytes);
+  request = grpc::ByteBuffer(&request_slice, 1);
   grpc::GenericStub generic(channel_);
   grpc::Status status;
   std::mutex mu;

@@ -86,8 +86,9 @@ class Client {
 
   // DEADLINE_EXCEEDED when the server is not reachable within `timeout`.
   absl::Status WaitForReady(absl::Duration timeout);
-  // grpc.health.v1 status of the whole server: true when SERVING.
-  absl::StatusOr<bool> Healthy();
+  // grpc.health.v1 status of the whole server, or of one service by name
+  // ("ropekv.v1.RopeKv"): true when SERVING; NOT_FOUND for an unknown name.
+  absl::StatusOr<bool> Healthy(const std::string& service = "");
 
   // Profiles. `next_chunk` fills a calibration chunk and returns true, or
   // returns false when there are no more (spec.calibration source only).
