@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 cmake --preset fuzz > /dev/null
-targets=(fuzz_safetensors fuzz_profile fuzz_request fuzz_packed_record)
+targets=(fuzz_safetensors fuzz_profile fuzz_request fuzz_packed_record fuzz_service)
 cmake --build --preset fuzz -j "$(nproc)" --target "${targets[@]}"  # the fuzzers only
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
