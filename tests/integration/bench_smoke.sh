@@ -11,18 +11,25 @@ dir=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$dir"
 }
 trap cleanup EXIT
 
-start() {  # start LOGNAME [FLAGS...] -> prints the port
+# start_server LOGNAME [FLAGS...]: starts a server and sets $port. It runs in
+# this shell (not in a $(...) subshell, whose pid list the trap would never
+# see), and setpriv gives it SIGKILL when this script dies, even by SIGKILL
+# (ctest's timeout), when the trap cannot run.
+start_server() {
   local log=$dir/$1
   shift
-  "$server" --address=127.0.0.1:0 --backend=cpu --memory_bytes=268435456 "$@" > "$log" 2>&1 &
+  setpriv --pdeathsig KILL -- "$server" --address=127.0.0.1:0 --backend=cpu --memory_bytes=268435456 "$@" \
+    > "$log" 2>&1 &
   pids+=($!)
+  port=
   for _ in $(seq 100); do
     port=$(grep -o '"port":"[0-9]*"' "$log" | head -1 | grep -o '[0-9][0-9]*' || true)
-    if [ -n "$port" ]; then echo "$port"; return; fi
+    if [ -n "$port" ]; then return; fi
     sleep 0.1
   done
   echo "server did not start:" >&2
@@ -30,7 +37,7 @@ start() {  # start LOGNAME [FLAGS...] -> prints the port
   exit 1
 }
 
-port=$(start server.log --enable_echo)
+start_server server.log --enable_echo
 common=(--server=127.0.0.1:$port --warmup_s=0.1 --duration_s=0.4 --layers=2 --q_heads=4 --kv_heads=2 --head_dim=64)
 "$bench" "${common[@]}" --scenario=append --chunk_tokens=64,256 --concurrency=1,2 --json="$dir/append.json"
 "$bench" "${common[@]}" --scenario=attend --context=300 --batch=1,3 --concurrency=2 --json="$dir/attend.json"
@@ -39,8 +46,8 @@ common=(--server=127.0.0.1:$port --warmup_s=0.1 --duration_s=0.4 --layers=2 --q_
 "$bench" "${common[@]}" --scenario=echo --echo_of=attend --concurrency=2 --json="$dir/echo_attend.json"
 "$bench" "${common[@]}" --scenario=echo --echo_of=append --chunk_tokens=256 --json="$dir/echo_append.json"
 
-plain=$(start plain.log)
-"$bench" --server=127.0.0.1:$plain --warmup_s=0 --duration_s=0.2 --scenario=echo --json="$dir/refused.json"
+start_server plain.log
+"$bench" --server=127.0.0.1:$port --warmup_s=0 --duration_s=0.2 --scenario=echo --json="$dir/refused.json"
 
 python3 - "$dir" <<'PY'
 import json, sys, os

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,8 +61,14 @@ class ServerProcess {
                                      "--page_bytes=65536",
                                      "--cluster_members=" + absl::StrJoin(members, ","),
                                      "--cluster_self=" + self};
+    const pid_t parent = getpid();
     pid_ = fork();
     if (pid_ == 0) {
+      // The server must not outlive the test, also when the test is killed
+      // (ctest's timeout): SIGKILL when the parent dies, and at once if it
+      // already has.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(127);
       const int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(log, 2);
       std::vector<char*> argv;
