@@ -830,6 +830,19 @@ grpc::ServerUnaryReactor* RopeKvService::GetServerInfo(grpc::CallbackServerConte
     resp->set_echo_enabled(deps_.enable_echo);
     for (const std::string& m : deps_.cluster_members) resp->add_cluster_members(m);
     resp->set_cluster_self(deps_.cluster_self);
+    const RequestLimits& l = deps_.limits;
+    pb::ServerLimits* out = resp->mutable_limits();
+    out->set_max_layers(l.max_layers);
+    out->set_max_heads(l.max_heads);
+    out->set_max_head_dim(l.max_head_dim);
+    out->set_max_profile_bytes(l.max_profile_bytes);
+    out->set_tenant_profile_bytes(l.tenant_profile_bytes);
+    out->set_max_calibration_tokens(l.max_calibration_tokens);
+    out->set_max_chunk_tokens(l.max_chunk_tokens);
+    out->set_max_sequence_tokens(l.max_sequence_tokens);
+    out->set_max_attend_items(l.max_attend_items);
+    out->set_max_q_len(l.max_q_len);
+    resp->set_max_message_bytes(deps_.max_message_bytes);
     return absl::OkStatus();
   });
 }

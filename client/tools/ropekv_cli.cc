@@ -34,6 +34,8 @@ ABSL_FLAG(std::string, token, "", "Bearer token (or env ROPEKV_TOKEN)");
 ABSL_FLAG(bool, tls, false, "Use TLS");
 ABSL_FLAG(std::string, tls_ca, "", "PEM root certificates for TLS");
 ABSL_FLAG(std::string, profile, "", "Profile id");
+ABSL_FLAG(std::string, health_service, "",
+          "health: the service to ask about (e.g. ropekv.v1.RopeKv; empty: the whole server)");
 ABSL_FLAG(std::string, session, "", "Session id");
 ABSL_FLAG(std::string, calibration, "", "Calibration .safetensors (q, k)");
 ABSL_FLAG(std::string, sequences, "all", "Calibration sequences: all, even, odd");
@@ -182,7 +184,7 @@ int Run(const std::vector<char*>& args) {
   if (!c.ok()) return Fail(c.status());
   Client& client = **c;
   if (cmd == "health") {
-    absl::StatusOr<bool> ok = client.Healthy();
+    absl::StatusOr<bool> ok = client.Healthy(absl::GetFlag(FLAGS_health_service));
     if (!ok.ok()) return Fail(ok.status());
     absl::PrintF("%s\n", *ok ? "SERVING" : "NOT_SERVING");
     return *ok ? 0 : 1;

@@ -175,6 +175,17 @@ TEST_F(LimitsTest, EverySizeARequestNamesIsBounded) {
   }).status();
   ExpectStatus(s, StatusCode::kResourceExhausted, "--max_calibration_tokens");
 
+  // The server says what its limits are.
+  absl::StatusOr<pb::ServerInfo> info = c.GetServerInfo();
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->limits().max_chunk_tokens(), 40);
+  EXPECT_EQ(info->limits().max_sequence_tokens(), 48);
+  EXPECT_EQ(info->limits().max_attend_items(), 3);
+  EXPECT_EQ(info->limits().max_q_len(), 4);
+  EXPECT_EQ(info->limits().max_calibration_tokens(), 10);
+  EXPECT_EQ(info->limits().max_layers(), service::RequestLimits().max_layers);
+  EXPECT_EQ(info->max_message_bytes(), service::ServerOptions().max_message_bytes);
+
   service::ServerOptions bad;
   bad.limits.max_head_dim = 1024;
   bad.address = "127.0.0.1:0";
