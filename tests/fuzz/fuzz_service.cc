@@ -42,8 +42,13 @@ struct Harness {
   std::unique_ptr<ropekv::client::Client> client;
 };
 
+// FUZZ_SERVICE_VERBOSE=1 prints every call's status (to see what an input
+// or a reproducer does).
+const bool kVerbose = getenv("FUZZ_SERVICE_VERBOSE") != nullptr;
+
 // A call that timed out is a hang of the server: stop here with a report.
 void CheckNotHung(const grpc::Status& s, const char* method) {
+  if (kVerbose) fprintf(stderr, "fuzz_service: %s -> %d %s\n", method, s.error_code(), s.error_message().c_str());
   if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
     fprintf(stderr, "fuzz_service: %s did not answer within %s: the server hangs\n", method,
             absl::FormatDuration(kCallDeadline).c_str());
