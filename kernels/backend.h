@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -166,6 +167,34 @@ class Backend {
                                    int64_t first_token, int64_t num_tokens,
                                    uint8_t* out) = 0;
 
+  // Stores records that arrive already packed (the canonical records of
+  // planner/packed_layout.md, in ReadRecords' head-major order) as tokens
+  // [first_token, first_token + num_tokens). The inverse of ReadRecords:
+  // the round trip is bit-exact. REQUIRES: the pages cover the range.
+  // OUT_OF_RANGE for a range past the pages; INVALID_ARGUMENT when a
+  // stored norm is not a finite fp16 value >= 0 (nothing is written then).
+  virtual absl::Status WriteRecords(const planner::LayerPlan& plan,
+                                    const PagedLayerView& cache,
+                                    int64_t first_token, int64_t num_tokens,
+                                    const uint8_t* records) = 0;
+
+  // How this backend wants pages cut, so that callers never assume it.
+  struct PageConstraints {
+    // Tokens per page: a multiple of this when a page holds at least as
+    // many tokens (CUDA: the attention kernel's tiles never straddle a
+    // page).
+    int token_multiple = 1;
+    // Alignment of every page's first byte.
+    int alignment = 1;
+  };
+  virtual PageConstraints page_constraints() const { return {}; }
+  // Bytes one token of a (session, layer) takes in this backend's pages:
+  // the records of all KV heads.
+  virtual int64_t PageBytesPerToken(const planner::LayerPlan& plan) const;
+  // Tokens per page of `page_bytes` for `plan` under the constraints (>= 1;
+  // 0 when not even one token fits).
+  int PageTokens(const planner::LayerPlan& plan, int64_t page_bytes) const;
+
   // False after an unrecoverable (sticky) device error: every call then
   // fails with UNAVAILABLE and the server reports NOT_SERVING.
   virtual bool healthy() const { return true; }
@@ -178,6 +207,27 @@ struct CpuBackendOptions {
 
 // The CPU reference backend (kernels/cpu).
 std::unique_ptr<Backend> CreateCpuBackend(const CpuBackendOptions& options = {});
+
+struct BackendOptions {
+  // "auto" (CUDA when this build has it and a device is visible, else
+  // CPU), "cpu" or "cuda".
+  std::string kind = "auto";
+  int cpu_threads = 0;      // CPU backend workers (0 = all cores)
+  int cuda_device = 0;      // CUDA backend: device index
+  int cuda_streams = 8;     // CUDA backend: calls in flight at once (1..64)
+};
+
+// A backend and what it runs on.
+struct CreatedBackend {
+  std::unique_ptr<Backend> backend;
+  // "host CPU" or "CUDA device 0 (NVIDIA H200, compute 9.0, 139 GiB)".
+  std::string device;
+};
+
+// The one place that picks a backend. INVALID_ARGUMENT for an unknown kind
+// or bad options; UNAVAILABLE when CUDA is asked for and this build or
+// machine has none.
+absl::StatusOr<CreatedBackend> CreateBackend(const BackendOptions& options);
 
 }  // namespace ropekv::kernels
 

@@ -33,6 +33,28 @@ absl::Status CheckWriteRange(const PagedLayerView& c, int64_t first, int64_t n) 
   return absl::OkStatus();
 }
 
+absl::Status CheckRecords(const planner::LayerPlan& plan, const uint8_t* records, int64_t n) {
+  if (n > 0 && records == nullptr) return absl::InvalidArgumentError("records: expected data, got null");
+  const uint8_t* r = records;
+  for (size_t h = 0; h < plan.heads.size(); ++h) {
+    const planner::TokenLayout& l = plan.heads[h].layout;
+    const int norms = static_cast<int>(plan.heads[h].key_groups.size()) + 1;
+    for (int64_t t = 0; t < n; ++t, r += l.record_bytes) {
+      for (int i = 0; i < norms; ++i) {
+        const int at = i + 1 < norms ? l.key_norms_offset + 2 * i : l.value_norm_offset;
+        const uint16_t bits = static_cast<uint16_t>(r[at] | (r[at + 1] << 8));
+        // fp16: sign bit 15, exponent bits 10-14 (all ones: Inf or NaN).
+        if ((bits & 0x8000) != 0 || (bits & 0x7C00) == 0x7C00) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "records: kv_head ", h, " token ", t, ": ", i + 1 < norms ? "key group norm " : "value norm ",
+              "0x", absl::Hex(bits), " is not a finite fp16 value >= 0"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckReadRange(const PagedLayerView& c, int64_t first, int64_t n) {
   if (first < 0 || n < 0 || first + n > c.num_tokens) {
     return absl::OutOfRangeError(absl::StrCat("tokens [", first, ", ", first + n,

@@ -23,6 +23,11 @@ absl::Status CheckWriteRange(const PagedLayerView& cache, int64_t first, int64_t
 // valid tokens.
 absl::Status CheckReadRange(const PagedLayerView& cache, int64_t first, int64_t n);
 
+// Packed records from outside (WriteRecords), head-major: INVALID_ARGUMENT
+// naming the head and token when a stored norm is not a finite fp16 value
+// >= 0 (codes are any bits, so only the norms can be malformed).
+absl::Status CheckRecords(const planner::LayerPlan& plan, const uint8_t* records, int64_t num_tokens);
+
 // The whole AttentionParams contract (backend.h); returns the resolved
 // token_end.
 absl::StatusOr<int64_t> CheckAttention(const planner::LayerPlan& plan,

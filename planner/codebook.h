@@ -43,6 +43,7 @@ struct Codebook {
   std::vector<float> boundaries;  // 2^bits - 1 midpoints, ascending
 
   int num_levels() const { return 1 << bits; }
+  bool operator==(const Codebook&) const = default;
 };
 
 // INVALID_ARGUMENT for bits outside [1, 8] or dim < 1.

@@ -1,6 +1,7 @@
 #include "planner/plan.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -251,6 +252,7 @@ absl::StatusOr<ModelProfile> BuildProfileFromAllocation(
       }
       profile.layers[layer].heads.push_back(*std::move(plan));
     }
+    profile.layers[layer].id = NewPlanId();
   }
   return profile;
 }
@@ -301,6 +303,11 @@ absl::StatusOr<ModelProfile> BuildProfile(const ScoreAccumulator& calibration,
     }
   }
   return BuildProfileFromScores(g, budget, scores, cancelled);
+}
+
+uint64_t NewPlanId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
 }
 
 int64_t ProfileBytesUpperBound(const ModelGeometry& g) {

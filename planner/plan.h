@@ -78,6 +78,8 @@ struct KeyGroupPlan {
   uint64_t rotation_seed = 0;
   std::vector<float> rotation;  // dim x dim, row-major: y = R u
   Codebook codebook;            // Lloyd-Max for N(0, 1/dim)
+
+  bool operator==(const KeyGroupPlan&) const = default;
 };
 
 struct HeadPlan {
@@ -93,11 +95,26 @@ struct HeadPlan {
 
   // sum(block_bits) * 2 / head_dim.
   double key_bits_per_dim() const;
+
+  bool operator==(const HeadPlan&) const = default;
 };
 
 struct LayerPlan {
   std::vector<HeadPlan> heads;  // one per KV head
+  // Identifies this plan's content within the process: the builders and
+  // the profile reader give every plan they make a fresh id (NewPlanId),
+  // so two plans with the same nonzero id are equal. A backend keys what
+  // it derives from a plan (device copies, tables) by it. Plans are values
+  // that are not edited once built; code that edits one must give it a
+  // new id. 0: no id (a backend then compares content).
+  uint64_t id = 0;
+
+  // Content and id.
+  bool operator==(const LayerPlan&) const = default;
 };
+
+// A process-wide unique, nonzero plan id. Thread-safe.
+uint64_t NewPlanId();
 
 // Where each KV head's records sit in a page of `page_tokens` tokens of one
 // (session, layer): head h's records are contiguous, token-major, starting

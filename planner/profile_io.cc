@@ -259,6 +259,7 @@ absl::StatusOr<ModelProfile> ProfileFromProto(const pb::Profile& in) {
       h.layout.record_bytes = ToInt(l.record_bytes());
       layer.heads.push_back(std::move(h));
     }
+    layer.id = NewPlanId();
     p.layers.push_back(std::move(layer));
   }
   if (absl::Status s = ValidateProfile(p); !s.ok()) {

@@ -14,6 +14,12 @@ absl::StatusOr<std::unique_ptr<PagePool>> PagePool::Create(int64_t total_bytes,
     return absl::InvalidArgumentError(absl::StrCat(
         "page_bytes: expected a multiple of 256 >= 4096, got ", page_bytes));
   }
+  const int alignment = backend->page_constraints().alignment;
+  if (alignment > 1 && page_bytes % alignment != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("page_bytes: the ", backend->name(),
+                                                   " backend needs a multiple of ", alignment, ", got ",
+                                                   page_bytes));
+  }
   const int64_t pages = total_bytes / page_bytes;
   if (pages < 1) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -54,6 +54,8 @@ class PagePool {
   int64_t allocate_calls() const;
 
   int64_t page_bytes() const { return page_bytes_; }
+  // The backend whose memory the pages are (it decides how pages are cut).
+  const kernels::Backend& backend() const { return *backend_; }
   int64_t total_pages() const { return total_pages_; }
   int64_t free_pages() const;
   int64_t tenant_pages(const std::string& tenant) const;

@@ -11,9 +11,6 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "kernels/backend.h"
-#ifdef ROPEKV_WITH_CUDA
-#include "kernels/cuda/cuda_backend.h"
-#endif
 #include "service/attend_batcher.h"
 #include "service/auth.h"
 #include "service/executor.h"
@@ -87,27 +84,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("planner_threads: expected [1, 256], got ", o.planner_threads));
   }
-  if (o.backend != "auto" && o.backend != "cpu" && o.backend != "cuda") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("backend: expected auto, cpu or cuda, got '", o.backend, "'"));
-  }
-  std::string device = "host CPU";
-#ifdef ROPEKV_WITH_CUDA
-  if (o.backend == "cuda" || (o.backend == "auto" && kernels::CudaDeviceCount() > 0)) {
-    absl::StatusOr<std::unique_ptr<kernels::Backend>> cuda =
-        kernels::CreateCudaBackend({.device = 0, .streams = o.cuda_streams});
-    if (!cuda.ok()) return cuda.status();
-    server->backend_ = *std::move(cuda);
-    device = absl::StrCat("CUDA device 0 (", kernels::CudaDeviceDescription(0), ")");
-  }
-#else
-  if (o.backend == "cuda") {
-    return absl::UnavailableError("backend cuda: this build has no CUDA backend (ROPEKV_CUDA=OFF)");
-  }
-#endif
-  if (server->backend_ == nullptr) {
-    server->backend_ = kernels::CreateCpuBackend({.num_threads = o.cpu_threads});
-  }
+  absl::StatusOr<kernels::CreatedBackend> created = kernels::CreateBackend(
+      {.kind = o.backend, .cpu_threads = o.cpu_threads, .cuda_device = 0, .cuda_streams = o.cuda_streams});
+  if (!created.ok()) return created.status();
+  server->backend_ = std::move(created->backend);
+  const std::string device = created->device;
 
   absl::StatusOr<std::unique_ptr<PagePool>> pool =
       PagePool::Create(o.memory_bytes, o.page_bytes, server->backend_.get());

@@ -9,16 +9,6 @@
 
 namespace ropekv::service {
 
-namespace {
-
-int64_t TokenBytes(const planner::LayerPlan& layer) {
-  int64_t bytes = 0;
-  for (const planner::HeadPlan& h : layer.heads) bytes += h.layout.record_bytes;
-  return bytes;
-}
-
-}  // namespace
-
 Session::Session(std::string id, std::string tenant, SessionOptions options,
                  std::shared_ptr<const planner::ModelProfile> profile, PagePool* pool)
     : id_(std::move(id)),
@@ -29,11 +19,9 @@ Session::Session(std::string id, std::string tenant, SessionOptions options,
       created_(absl::Now()),
       last_used_(created_) {
   for (const planner::LayerPlan& l : profile_->layers) {
-    // Whole 16-token tiles per page when a page holds that many: the CUDA
-    // tensor-core attention reads 16-token tiles that never straddle pages.
-    int64_t tokens = std::max<int64_t>(1, pool_->page_bytes() / TokenBytes(l));
-    if (tokens >= 16) tokens -= tokens % 16;
-    page_tokens_.push_back(static_cast<int>(tokens));
+    // The backend cuts its pages (SessionStore::Create checked that a
+    // token fits).
+    page_tokens_.push_back(std::max(1, pool_->backend().PageTokens(l, pool_->page_bytes())));
   }
   layers_.resize(profile_->layers.size());
   const planner::ModelGeometry& g = profile_->geometry;
@@ -313,6 +301,14 @@ absl::StatusOr<std::shared_ptr<Session>> SessionStore::Create(
   }
   if (sessions_.count({tenant, id}) != 0) {
     return absl::AlreadyExistsError(absl::StrCat("session '", id, "' already exists"));
+  }
+  // A profile whose token does not fit a page cannot be stored here.
+  for (size_t l = 0; l < profile->layers.size(); ++l) {
+    if (pool_->backend().PageTokens(profile->layers[l], pool_->page_bytes()) < 1) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "profile_id: one token of layer ", l, " takes ", pool_->backend().PageBytesPerToken(profile->layers[l]),
+          " bytes, more than a page of ", pool_->page_bytes(), " bytes (--page_bytes)"));
+    }
   }
   auto session = std::make_shared<Session>(id, tenant, std::move(options),
                                            std::move(profile), pool_);

@@ -202,6 +202,22 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::Status WriteRecords(const planner::LayerPlan& plan, const PagedLayerView& cache,
+                            int64_t first, int64_t n, const uint8_t* records) override {
+    if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
+    if (absl::Status s = CheckWriteRange(cache, first, n); !s.ok()) return s;
+    if (absl::Status s = CheckRecords(plan, records, n); !s.ok()) return s;
+    const planner::PageLayout layout = MakePageLayout(plan, cache.page_tokens);
+    for (size_t h = 0; h < plan.heads.size(); ++h) {
+      const int rb = plan.heads[h].layout.record_bytes;
+      for (int64_t t = first; t < first + n; ++t) {
+        std::memcpy(Record(cache, layout, plan.heads[h], h, t), records, rb);
+        records += rb;
+      }
+    }
+    return absl::OkStatus();
+  }
+
   absl::Status MergeStates(const MergeParams& p) override {
     if (p.partial_out.size() != p.partial_lse.size() || p.partial_out.empty()) {
       return absl::InvalidArgumentError(

@@ -40,13 +40,14 @@
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/device_common.cuh"
+#include "kernels/cuda/dispatch.cuh"
 
 namespace ropekv::kernels::cuda {
 namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kHalfTile = 16;  // tokens per MMA m-tile; tiles never straddle a page at this granularity
+constexpr int kHalfTile = kPageTokenMultiple;  // tokens per MMA m-tile; tiles never straddle a page
 constexpr int kTile = 32;      // tokens per warp step
 constexpr float kLog2e = 1.4426950408889634f;
 
@@ -236,16 +237,7 @@ template <int NT>
 __device__ __forceinline__ void KeyGroupAnyWidth(int w, const uint32_t* words, const unsigned char* tables,
                                                  uint32_t base, const uint4* qf, int steps, const int (&bit)[4],
                                                  float (&gacc)[2][NT][4]) {
-  switch (w) {
-    case 1: KeyGroup<1, NT>(words, tables, base, qf, steps, bit, gacc); break;
-    case 2: KeyGroup<2, NT>(words, tables, base, qf, steps, bit, gacc); break;
-    case 3: KeyGroup<3, NT>(words, tables, base, qf, steps, bit, gacc); break;
-    case 4: KeyGroup<4, NT>(words, tables, base, qf, steps, bit, gacc); break;
-    case 5: KeyGroup<5, NT>(words, tables, base, qf, steps, bit, gacc); break;
-    case 6: KeyGroup<6, NT>(words, tables, base, qf, steps, bit, gacc); break;
-    case 7: KeyGroup<7, NT>(words, tables, base, qf, steps, bit, gacc); break;
-    default: KeyGroup<8, NT>(words, tables, base, qf, steps, bit, gacc); break;
-  }
+  ROPEKV_DISPATCH_WIDTH(w, W, KeyGroup<W, NT>(words, tables, base, qf, steps, bit, gacc);)
 }
 
 // Bits [off, off + 32) of a stream held as aligned words.
@@ -324,16 +316,7 @@ template <int D, int NT>
 __device__ __forceinline__ void ValueStepAnyWidth(int vb, const uint32_t* words, const unsigned char* tables,
                                                   uint32_t base, int bit0, int rb_bits, const uint32_t (&pb)[NT][2],
                                                   float (&acc)[D / 16][NT][4]) {
-  switch (vb) {
-    case 1: ValueStep<1, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
-    case 2: ValueStep<2, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
-    case 3: ValueStep<3, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
-    case 4: ValueStep<4, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
-    case 5: ValueStep<5, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
-    case 6: ValueStep<6, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
-    case 7: ValueStep<7, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
-    default: ValueStep<8, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
-  }
+  ROPEKV_DISPATCH_WIDTH(vb, VB, ValueStep<VB, D, NT>(words, tables, base, bit0, rb_bits, pb, acc);)
 }
 
 
@@ -735,32 +718,18 @@ cudaError_t LaunchAttendMmaBatch(const AttendParams* device_items, const AttendB
   const int nt = RowTiles(b.rows);
   const size_t smem = SharedBytes(b.head_dim, nt, b.max_record_bytes, b.table_bytes);
   const dim3 grid(b.max_splits, b.num_kv_heads, b.num_items);
-#define ROPEKV_LAUNCH_BATCH(D, NT) \
-  if (b.head_dim == D && nt == NT) return LaunchWithSharedMemory(AttendMmaBatchKernel<D, NT>, grid, smem, stream, device_items)
-  ROPEKV_LAUNCH_BATCH(64, 1);
-  ROPEKV_LAUNCH_BATCH(64, 2);
-  ROPEKV_LAUNCH_BATCH(128, 1);
-  ROPEKV_LAUNCH_BATCH(128, 2);
-  ROPEKV_LAUNCH_BATCH(256, 1);
-  ROPEKV_LAUNCH_BATCH(256, 2);
-#undef ROPEKV_LAUNCH_BATCH
-  return cudaErrorInvalidValue;
+ROPEKV_DISPATCH_HEAD_DIM(b.head_dim, D, ROPEKV_DISPATCH_ROW_TILES(nt, NT, {
+    return LaunchWithSharedMemory(AttendMmaBatchKernel<D, NT>, grid, smem, stream, device_items);
+  }))
 }
 
 cudaError_t LaunchAttendMma(const AttendParams& p, cudaStream_t stream) {
   const int nt = RowTiles(p.rows);
   const size_t smem = SharedBytes(p.head_dim, nt, p.max_record_bytes, p.table_bytes);
   const dim3 grid(p.num_splits, p.num_kv_heads);
-#define ROPEKV_LAUNCH_ONE(D, NT) \
-  if (p.head_dim == D && nt == NT) return LaunchWithSharedMemory(AttendMmaKernel<D, NT>, grid, smem, stream, p)
-  ROPEKV_LAUNCH_ONE(64, 1);
-  ROPEKV_LAUNCH_ONE(64, 2);
-  ROPEKV_LAUNCH_ONE(128, 1);
-  ROPEKV_LAUNCH_ONE(128, 2);
-  ROPEKV_LAUNCH_ONE(256, 1);
-  ROPEKV_LAUNCH_ONE(256, 2);
-#undef ROPEKV_LAUNCH_ONE
-  return cudaErrorInvalidValue;
+ROPEKV_DISPATCH_HEAD_DIM(p.head_dim, D, ROPEKV_DISPATCH_ROW_TILES(nt, NT, {
+    return LaunchWithSharedMemory(AttendMmaKernel<D, NT>, grid, smem, stream, p);
+  }))
 }
 
 }  // namespace ropekv::kernels::cuda

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <tuple>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/cuda/device_plan.cuh"
+#include "kernels/cuda/dispatch.cuh"
 #include "kernels/validation.h"
 #include "planner/half.h"
 
@@ -108,35 +110,6 @@ bool HalfExactLevels(const planner::LayerPlan& plan) {
   return true;
 }
 
-uint64_t Fingerprint(const planner::LayerPlan& plan) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  auto mix = [&](uint64_t v) {
-    h ^= v;
-    h *= 0x100000001b3ull;
-  };
-  auto mixf = [&](float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    mix(u);
-  };
-  for (const planner::HeadPlan& hp : plan.heads) {
-    mix(hp.head_dim);
-    for (int b : hp.block_bits) mix(b);
-    for (const planner::KeyGroupPlan& g : hp.key_groups) {
-      mix(g.rotation_seed);
-      mixf(g.rotation.front());
-      mixf(g.rotation.back());
-      mixf(g.codebook.centroids.front());
-    }
-    mix(hp.value_bits);
-    mix(hp.value_rotation_seed);
-    mixf(hp.value_rotation.front());
-    mixf(hp.value_rotation[1]);
-    mixf(hp.value_codebook.centroids.front());
-  }
-  return h;
-}
-
 // The device pointers of one AttendBatch group's launches.
 struct BatchLaunch {
   const dev::RotateQueryParams* rotate = nullptr;
@@ -188,6 +161,10 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaSetDevice(device_);
     for (auto& [key, plan] : plans_) {
+      cudaFree(plan.blob);
+      cudaFree(plan.heads);
+    }
+    for (auto& [content, plan] : anonymous_plans_) {
       cudaFree(plan.blob);
       cudaFree(plan.heads);
     }
@@ -323,10 +300,10 @@ class CudaBackend final : public Backend {
   // codebook levels; anything else takes the scalar kernel.
   static bool MmaEligible(const DevicePlan& dp, const PagedLayerView& cache, int64_t end, int rows) {
     return dev::AttendMmaSupports(dp.head_dim, rows, dp.max_record_bytes, dp.table_bytes) &&
-           cache.page_tokens % 16 == 0 &&
+           cache.page_tokens % dev::kPageTokenMultiple == 0 &&
            end < (int64_t{1} << 31) && dp.half_levels &&
            std::all_of(cache.pages, cache.pages + cache.num_pages, [](const uint8_t* page) {
-             return reinterpret_cast<uintptr_t>(page) % 16 == 0;
+             return reinterpret_cast<uintptr_t>(page) % dev::kPageAlignment == 0;
            });
   }
 
@@ -645,6 +622,36 @@ class CudaBackend final : public Backend {
 
   void FreeArena(uint8_t* arena) override { cudaFree(arena); }
 
+  // The tensor-core attention reads 16-token tiles with 16-byte copies:
+  // tiles never straddle a page and pages start 16-byte aligned.
+  PageConstraints page_constraints() const override {
+    return {.token_multiple = dev::kPageTokenMultiple, .alignment = dev::kPageAlignment};
+  }
+
+  absl::Status WriteRecords(const planner::LayerPlan& plan, const PagedLayerView& cache,
+                            int64_t first, int64_t n, const uint8_t* records) override {
+    if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
+    if (absl::Status s = CheckWriteRange(cache, first, n); !s.ok()) return s;
+    if (absl::Status s = CheckRecords(plan, records, n); !s.ok()) return s;
+    if (absl::Status s = Sticky(); !s.ok()) return s;
+    LaneLease lane(this);
+    Lane& ln = *lane;
+    const planner::PageLayout layout = planner::MakePageLayout(plan, cache.page_tokens);
+    for (size_t h = 0; h < plan.heads.size(); ++h) {
+      const int rb = plan.heads[h].layout.record_bytes;
+      for (int64_t t = first; t < first + n;) {
+        const int64_t slot = t % cache.page_tokens;
+        const int64_t run = std::min<int64_t>(first + n - t, cache.page_tokens - slot);
+        uint8_t* dst = cache.pages[t / cache.page_tokens] + layout.head_offsets[h] + slot * rb;
+        RETURN_IF_CUDA(cudaMemcpyAsync(dst, records, run * rb, cudaMemcpyHostToDevice, ln.stream), "copy records");
+        records += run * rb;
+        t += run;
+      }
+    }
+    RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "write records");
+    return absl::OkStatus();
+  }
+
   absl::Status ReadRecords(const planner::LayerPlan& plan, const PagedLayerView& cache,
                            int64_t first, int64_t n, uint8_t* out) override {
     if (absl::Status s = CheckDeviceView(plan, cache); !s.ok()) return s;
@@ -672,6 +679,12 @@ class CudaBackend final : public Backend {
   absl::Status CudaError(cudaError_t err, const char* what) ABSL_LOCKS_EXCLUDED(sticky_mu_) {
     const std::string message =
         absl::StrCat("CUDA error in ", what, ": ", cudaGetErrorName(err), " (", cudaGetErrorString(err), ")");
+    // A size the kernels have no instance for: a bug, since plans are
+    // validated before they get here.
+    if (err == dev::kNoKernelInstance) {
+      cudaGetLastError();
+      return absl::InternalError(absl::StrCat("no CUDA kernel instance in ", what, " for this plan"));
+    }
     // Out of device or pinned memory: the caller may retry with less.
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();
@@ -732,10 +745,15 @@ class CudaBackend final : public Backend {
   // The plan on the device, uploaded on first use (synchronously; plans
   // are few and stay until the backend goes).
   absl::StatusOr<const DevicePlan*> Upload(const planner::LayerPlan& plan) ABSL_LOCKS_EXCLUDED(plans_mu_) {
-    const uint64_t key = Fingerprint(plan);
     absl::MutexLock lock(&plans_mu_);
-    auto it = plans_.find(key);
-    if (it != plans_.end()) return &it->second;
+    if (plan.id != 0) {
+      auto it = plans_.find(plan.id);
+      if (it != plans_.end()) return &it->second;
+    } else {
+      for (const auto& [content, dp] : anonymous_plans_) {
+        if (content == plan) return &dp;
+      }
+    }
     // One blob: per head, permutation (ints), then float arrays.
     std::vector<char> blob;
     auto put = [&](const void* data, size_t bytes) {
@@ -796,7 +814,15 @@ class CudaBackend final : public Backend {
     int prefix = 0;
     for (size_t h = 0; h < plan.heads.size(); ++h) {
       const planner::HeadPlan& hp = plan.heads[h];
-      if (hp.key_groups.size() > dev::kMaxGroups) return absl::InvalidArgumentError("plan: too many key groups");
+      // The kernels have instances for widths 1-8 only (dispatch.cuh): a
+      // plan outside that never reaches them.
+      if (hp.key_groups.size() > dev::kMaxGroups) return absl::InternalError("plan: too many key groups");
+      for (const planner::KeyGroupPlan& kg : hp.key_groups) {
+        if (kg.bits < 1 || kg.bits > 8) return absl::InternalError(absl::StrCat("plan: key width ", kg.bits));
+      }
+      if (hp.value_bits < 1 || hp.value_bits > 8) {
+        return absl::InternalError(absl::StrCat("plan: value width ", hp.value_bits));
+      }
       offs[h].perm = put(hp.permutation.data(), hp.permutation.size() * sizeof(int));
       dev::HeadPlanDevice& d = heads[h];
       d = {};
@@ -872,7 +898,11 @@ class CudaBackend final : public Backend {
     RETURN_IF_CUDA(cudaMalloc(reinterpret_cast<void**>(&dp.heads), heads.size() * sizeof(dev::HeadPlanDevice)), "plan upload");
     RETURN_IF_CUDA(cudaMemcpy(dp.heads, heads.data(), heads.size() * sizeof(dev::HeadPlanDevice),
                               cudaMemcpyHostToDevice), "plan upload");
-    return &plans_.emplace(key, dp).first->second;
+    if (plan.id == 0) {
+      anonymous_plans_.emplace_back(plan, dp);
+      return &anonymous_plans_.back().second;
+    }
+    return &plans_.emplace(plan.id, dp).first->second;
   }
 
   const int device_;
@@ -882,7 +912,11 @@ class CudaBackend final : public Backend {
   mutable absl::Mutex sticky_mu_;
   absl::Status sticky_ ABSL_GUARDED_BY(sticky_mu_);
   absl::Mutex plans_mu_;
+  // Device plans by plan id (planner::LayerPlan::id: equal ids, equal
+  // content), and those of plans without an id with a copy of their
+  // content, compared in full on every lookup (only plans made by hand).
   std::map<uint64_t, DevicePlan> plans_ ABSL_GUARDED_BY(plans_mu_);
+  std::deque<std::pair<planner::LayerPlan, DevicePlan>> anonymous_plans_ ABSL_GUARDED_BY(plans_mu_);
   std::vector<std::unique_ptr<Lane>> lanes_;
   absl::Mutex pool_mu_;
   std::vector<Lane*> free_lanes_ ABSL_GUARDED_BY(pool_mu_);

@@ -15,6 +15,11 @@ namespace ropekv::kernels::cuda {
 constexpr int kMaxGroups = 8;
 constexpr int kMaxHeadDim = 512;
 constexpr int kMaxSplits = 1024;  // splits of one attention call (merge weights in shared memory)
+// Tokens of the tensor-core attention's m-tile: pages hold a multiple of
+// this many tokens (Backend::page_constraints) so a tile never straddles
+// a page, and page bases are 16-byte aligned for its 16-byte copies.
+constexpr int kPageTokenMultiple = 16;
+constexpr int kPageAlignment = 16;
 
 struct HeadPlanDevice {
   int head_dim;

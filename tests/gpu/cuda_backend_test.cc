@@ -192,6 +192,81 @@ TEST_F(CudaBackendTest, NormsMatchCpuToOneFp16Step) {
   EXPECT_GT(compared, 1000);
 }
 
+// Records -> device pages -> records is bit-exact for every width, head_dim
+// and a partly filled last page, and the written records attend like the
+// CPU's.
+TEST_F(CudaBackendTest, WriteRecordsRoundTripsBitExactly) {
+  for (auto [d, kbits, vbits] : {std::tuple{64, 1.0, 1}, {128, 2.5, 2}, {128, 3.0, 3}, {256, 4.0, 4},
+                                 {128, 5.5, 6}, {64, 8.0, 8}}) {
+    planner::ModelProfile p = MakeProfile(d, 2, 4, kbits, vbits, d + vbits);
+    const planner::LayerPlan& plan = p.layers[0];
+    const int64_t tokens = 77;  // pages of 32: the last one partly filled
+    std::vector<float> k = testing::RandomNormal(2 * tokens * d, 21, 2.0f);
+    std::vector<float> v = testing::RandomNormal(2 * tokens * d, 22);
+    testing::HostPagedLayer host(plan, 32, tokens);
+    ASSERT_TRUE(cpu_->EncodeLayer(plan, host.view(0), 0, k.data(), v.data(), tokens).ok());
+    int64_t bytes = 0;
+    for (const planner::HeadPlan& h : plan.heads) bytes += h.layout.record_bytes * tokens;
+    std::vector<uint8_t> records(bytes), back(bytes);
+    ASSERT_TRUE(cpu_->ReadRecords(plan, host.view(tokens), 0, tokens, records.data()).ok());
+    DevicePages dev(*gpu_, plan, 32, tokens);
+    ASSERT_TRUE(gpu_->WriteRecords(plan, dev.view(0), 0, tokens, records.data()).ok());
+    ASSERT_TRUE(gpu_->ReadRecords(plan, dev.view(tokens), 0, tokens, back.data()).ok());
+    EXPECT_EQ(back, records) << "d" << d << " K" << kbits << " V" << vbits;
+    std::vector<float> q = testing::RandomNormal(8 * d, 23);
+    std::vector<float> oc(q.size()), lc(8), og(q.size()), lg(8);
+    AttentionParams a;
+    a.queries = q.data();
+    a.num_q_heads = 8;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(d));
+    a.out = oc.data();
+    a.lse = lc.data();
+    ASSERT_TRUE(cpu_->Attend(plan, host.view(tokens), a).ok());
+    a.out = og.data();
+    a.lse = lg.data();
+    ASSERT_TRUE(gpu_->Attend(plan, dev.view(tokens), a).ok());
+    EXPECT_LT(testing::RelativeError(og, oc), 2e-3) << "d" << d;
+  }
+}
+
+// Two plans that differ only in values a sampled fingerprint would not
+// see (rows 2 and 3 of the value rotation swapped) each run with their own
+// device plan, with ids and without.
+TEST_F(CudaBackendTest, PlansAreNeverConfusedInTheDeviceCache) {
+  for (bool with_ids : {true, false}) {
+    planner::ModelProfile pa = MakeProfile(128, 2, 4, 3.0, 3, 31);
+    planner::LayerPlan a = pa.layers[0];
+    planner::LayerPlan b = a;
+    for (planner::HeadPlan& h : b.heads) {
+      for (int j = 0; j < 128; ++j) std::swap(h.value_rotation[2 * 128 + j], h.value_rotation[3 * 128 + j]);
+    }
+    a.id = with_ids ? planner::NewPlanId() : 0;
+    b.id = with_ids ? planner::NewPlanId() : 0;
+    const int64_t tokens = 300;
+    std::vector<float> k = testing::RandomNormal(2 * tokens * 128, 41, 2.0f);
+    std::vector<float> v = testing::RandomNormal(2 * tokens * 128, 42);
+    std::vector<float> q = testing::RandomNormal(8 * 128, 43);
+    for (const planner::LayerPlan* plan : {&a, &b, &a}) {
+      testing::HostPagedLayer host(*plan, 64, tokens);
+      DevicePages dev(*gpu_, *plan, 64, tokens);
+      ASSERT_TRUE(cpu_->EncodeLayer(*plan, host.view(0), 0, k.data(), v.data(), tokens).ok());
+      dev.CopyFrom(host);
+      std::vector<float> oc(q.size()), lc(8), og(q.size()), lg(8);
+      AttentionParams p;
+      p.queries = q.data();
+      p.num_q_heads = 8;
+      p.scale = 1.0f / std::sqrt(128.0f);
+      p.out = oc.data();
+      p.lse = lc.data();
+      ASSERT_TRUE(cpu_->Attend(*plan, host.view(tokens), p).ok());
+      p.out = og.data();
+      p.lse = lg.data();
+      ASSERT_TRUE(gpu_->Attend(*plan, dev.view(tokens), p).ok());
+      EXPECT_LT(testing::RelativeError(og, oc), 2e-3) << (with_ids ? "ids" : "no ids") << (plan == &b ? " b" : " a");
+    }
+  }
+}
+
 TEST_F(CudaBackendTest, EncodeMatchesCpuCodesOnRealData) {
   const std::string path = testing::RealDataPath();
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "no real data at " << path;

@@ -193,6 +193,27 @@ TEST_F(LimitsTest, EverySizeARequestNamesIsBounded) {
   ExpectStatus(refused.status(), StatusCode::kInvalidArgument, "max_head_dim");
 }
 
+// A profile whose one token is larger than a page cannot get a session
+// (its records would run past the page).
+TEST_F(LimitsTest, ATokenLargerThanAPageIsRefused) {
+  service::ServerOptions o;
+  o.page_bytes = 4096;
+  o.memory_bytes = 1 << 20;
+  Start(o);
+  Client& c = Quick();
+  pb::ProfileSpec spec = ScoresSpec("wide", 1, 32, 128);  // 32 x 260 bytes at K8V8
+  spec.mutable_budget()->set_key_avg_bits(8);
+  spec.mutable_budget()->set_value_bits(8);
+  ASSERT_TRUE(c.CreateProfile(spec).ok());
+  pb::CreateSessionRequest req;
+  req.set_session_id("w");
+  req.set_profile_id("wide");
+  ExpectStatus(c.CreateSession(req).status(), StatusCode::kResourceExhausted, "--page_bytes");
+  absl::StatusOr<std::vector<pb::SessionInfo>> sessions = c.ListSessions();
+  ASSERT_TRUE(sessions.ok());
+  EXPECT_TRUE(sessions->empty());
+}
+
 TEST_F(LimitsTest, CausalOffsetsAreBoundedAndCannotWrap) {
   Start();
   Client& c = Quick();
