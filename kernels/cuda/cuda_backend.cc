@@ -18,7 +18,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "kernels/cuda/device_plan.cuh"
+#include "kernels/cuda/device_plan_upload.h"
 #include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/lanes.h"
 #include "kernels/validation.h"
 #include "planner/half.h"
 
@@ -26,6 +28,11 @@ namespace ropekv::kernels {
 namespace {
 
 namespace dev = ::ropekv::kernels::cuda;
+using cuda_host::BatchLaunch;
+using cuda_host::DeviceBuffer;
+using cuda_host::DevicePlan;
+using cuda_host::Lane;
+using cuda_host::PinnedBuffer;
 
 // Returns the mapped status from the enclosing method on a CUDA error.
 #define RETURN_IF_CUDA(expr, what)                       \
@@ -33,122 +40,6 @@ namespace dev = ::ropekv::kernels::cuda;
     const cudaError_t err_ = (expr);                     \
     if (err_ != cudaSuccess) return CudaError(err_, what); \
   } while (0)
-
-// A device buffer that only grows (warm-up allocations; none afterwards).
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  size_t size = 0;
-  cudaError_t Ensure(size_t bytes) {
-    if (bytes <= size) return cudaSuccess;
-    if (ptr != nullptr) cudaFree(ptr);
-    ptr = nullptr;
-    size = 0;
-    const size_t grown = std::max(bytes, size * 2);
-    cudaError_t err = cudaMalloc(&ptr, grown);
-    if (err == cudaSuccess) size = grown;
-    return err;
-  }
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr); }
-};
-
-// Page-locked host memory that only grows: staging for asynchronous copies.
-struct PinnedBuffer {
-  void* ptr = nullptr;
-  size_t size = 0;
-  cudaError_t Ensure(size_t bytes) {
-    if (bytes <= size) return cudaSuccess;
-    const size_t grown = std::max(bytes, size * 2);
-    if (ptr != nullptr) cudaFreeHost(ptr);
-    ptr = nullptr;
-    size = 0;
-    cudaError_t err = cudaMallocHost(&ptr, grown);
-    if (err == cudaSuccess) size = grown;
-    return err;
-  }
-  template <typename T>
-  T* as(size_t byte_offset = 0) const { return reinterpret_cast<T*>(static_cast<char*>(ptr) + byte_offset); }
-};
-
-// One layer's plans in device memory.
-struct DevicePlan {
-  void* blob = nullptr;                   // matrices, codebooks, permutations
-  dev::HeadPlanDevice* heads = nullptr;   // [num_heads]
-  int num_heads = 0;
-  int head_dim = 0;
-  int max_record_bytes = 0;
-  int max_levels = 0;
-  int table_bytes = 0;  // tensor-core kernel's decode tables, max over heads
-  bool half_levels = false;  // every codebook level an fp16 value (HalfExactLevels)
-};
-
-// Shared memory the tensor-core kernel's decode tables take, max over heads.
-int MmaTableBytes(const planner::LayerPlan& plan) {
-  int bytes = 0;
-  for (const planner::HeadPlan& hp : plan.heads) {
-    int bits[dev::kMaxGroups] = {};
-    const int n = std::min<int>(hp.key_groups.size(), dev::kMaxGroups);
-    for (int g = 0; g < n; ++g) bits[g] = hp.key_groups[g].bits;
-    bytes = std::max(bytes, dev::AttendMmaTableBytes(bits, n, hp.value_bits));
-  }
-  return bytes;
-}
-
-// Whether every level of the plan's codebooks is an fp16 value, as the
-// planner makes them: the tensor-core kernel reads levels as fp16 MMA
-// inputs, so any other codebook takes the scalar kernel.
-bool HalfExactLevels(const planner::LayerPlan& plan) {
-  auto exact = [](const std::vector<float>& levels) {
-    return std::all_of(levels.begin(), levels.end(), [](float c) { return planner::RoundToHalf(c) == c; });
-  };
-  for (const planner::HeadPlan& hp : plan.heads) {
-    if (!exact(hp.value_codebook.centroids)) return false;
-    for (const planner::KeyGroupPlan& kg : hp.key_groups) {
-      if (!exact(kg.codebook.centroids)) return false;
-    }
-  }
-  return true;
-}
-
-// The device pointers of one AttendBatch group's launches.
-struct BatchLaunch {
-  const dev::RotateQueryParams* rotate = nullptr;
-  const dev::AttendParams* attend = nullptr;
-  const dev::MergeParams* merge = nullptr;
-  dev::AttendBatchShape shape{};
-};
-
-// What one call in flight needs: its own stream and staging buffers. A call
-// holds a lane from start to end, so calls on different lanes overlap on
-// the device (copies of one with kernels of another) and never share a
-// buffer. Buffers only grow: no allocation once warm.
-struct Lane {
-  cudaStream_t stream = nullptr;
-  DeviceBuffer in_k, in_v, out_k, out_v, page_table, rotated, partial_out, partial_lse, out, lse, flag;
-  // AttendBatch: inputs [queries | page tables | launch parameters] and
-  // outputs [out | lse], each laid out as its pinned twin (one copy each way).
-  DeviceBuffer batch_in, batch_out;
-  PinnedBuffer pinned_in, pinned_out;
-  // The last launches' parameters (pointing into this lane's buffers),
-  // replayed by the timing helpers on this lane.
-  dev::EncodeParams last_encode = {};
-  dev::RotateQueryParams last_rotate = {};
-  dev::AttendParams last_attend = {};
-  bool last_attend_mma = false;
-  BatchLaunch last_batch;
-  dev::MergeParams last_merge = {};
-
-  ~Lane() {
-    for (DeviceBuffer* b : {&in_k, &in_v, &out_k, &out_v, &page_table, &rotated, &partial_out, &partial_lse,
-                            &out, &lse, &flag, &batch_in, &batch_out}) {
-      if (b->ptr != nullptr) cudaFree(b->ptr);
-    }
-    for (PinnedBuffer* b : {&pinned_in, &pinned_out}) {
-      if (b->ptr != nullptr) cudaFreeHost(b->ptr);
-    }
-    if (stream != nullptr) cudaStreamDestroy(stream);
-  }
-};
 
 class CudaBackend final : public Backend {
  public:
@@ -160,14 +51,8 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     cudaSetDevice(device_);
-    for (auto& [key, plan] : plans_) {
-      cudaFree(plan.blob);
-      cudaFree(plan.heads);
-    }
-    for (auto& [content, plan] : anonymous_plans_) {
-      cudaFree(plan.blob);
-      cudaFree(plan.heads);
-    }
+    for (auto& [key, plan] : plans_) cuda_host::FreeDevicePlan(&plan);
+    for (auto& [content, plan] : anonymous_plans_) cuda_host::FreeDevicePlan(&plan);
     lanes_.clear();
   }
 
@@ -321,6 +206,34 @@ class CudaBackend final : public Backend {
     return {splits, per_split};
   }
 
+  // The attention kernels' parameters of one item: filled here only, for
+  // single calls and batches alike.
+  static dev::AttendParams LaunchParams(const DevicePlan& dp, const AttentionParams& a, int64_t end, int rows,
+                                        float* rotated, dev::PagedLayerDevice pages, int64_t splits,
+                                        int64_t per_split, float* partial_out, float* partial_lse) {
+    dev::AttendParams p{};
+    p.heads = dp.heads;
+    p.num_kv_heads = dp.num_heads;
+    p.head_dim = dp.head_dim;
+    p.rows = rows;
+    p.q_len = a.q_len;
+    p.rotated = rotated;
+    p.causal = a.causal ? 1 : 0;
+    p.causal_offset = a.causal_offset;
+    p.scale = a.scale;
+    p.token_begin = a.token_begin;
+    p.token_end = end;
+    p.cache = pages;
+    p.num_splits = static_cast<int>(splits);
+    p.tokens_per_split = per_split;
+    p.max_record_bytes = dp.max_record_bytes;
+    p.max_levels = dp.max_levels;
+    p.table_bytes = dp.table_bytes;
+    p.partial_out = partial_out;
+    p.partial_lse = partial_lse;
+    return p;
+  }
+
   absl::Status AttendBatch(absl::Span<const AttendItem> items) override {
     LaneLease lane(this);
     return AttendBatchOn(*lane, items);
@@ -426,27 +339,9 @@ class CudaBackend final : public Backend {
       float* po = ln.partial_out.as<float>() + split_base[k] * num_kv * rows * d;
       float* pl = ln.partial_lse.as<float>() + split_base[k] * num_kv * rows;
       rq[k] = dev::RotateQueryParams{plans[k]->heads, num_kv, d, group, q_len, q_dev, rot_dev};
-      dev::AttendParams& a = ap[k];
-      a = {};
-      a.heads = plans[k]->heads;
-      a.num_kv_heads = num_kv;
-      a.head_dim = d;
-      a.rows = rows;
-      a.q_len = q_len;
-      a.rotated = rot_dev;
-      a.causal = it.params.causal ? 1 : 0;
-      a.causal_offset = it.params.causal_offset;
-      a.scale = it.params.scale;
-      a.token_begin = it.params.token_begin;
-      a.token_end = ends[idx[k]];
-      a.cache = dev::PagedLayerDevice{dev_pages + page_base[k], it.cache.page_tokens};
-      a.num_splits = static_cast<int>(splits[k]);
-      a.tokens_per_split = per_split[k];
-      a.max_record_bytes = plans[k]->max_record_bytes;
-      a.max_levels = plans[k]->max_levels;
-      a.table_bytes = plans[k]->table_bytes;
-      a.partial_out = po;
-      a.partial_lse = pl;
+      ap[k] = LaunchParams(*plans[k], it.params, ends[idx[k]], rows, rot_dev,
+                           dev::PagedLayerDevice{dev_pages + page_base[k], it.cache.page_tokens}, splits[k],
+                           per_split[k], po, pl);
       mp[k] = dev::MergeParams{plans[k]->heads, num_kv, d, group, q_len, static_cast<int>(splits[k]), po, pl,
                                dev_out + k * q_floats, dev_out + n * q_floats + k * lse_floats};
     }
@@ -519,26 +414,8 @@ class CudaBackend final : public Backend {
                               ln.rotated.as<float>()};
     ln.last_rotate = rq;
     RETURN_IF_CUDA(dev::LaunchRotateQueries(rq, ln.stream), "rotate launch");
-    dev::AttendParams ap{};
-    ap.heads = (*dp)->heads;
-    ap.num_kv_heads = num_kv;
-    ap.head_dim = d;
-    ap.rows = rows;
-    ap.q_len = a.q_len;
-    ap.rotated = ln.rotated.as<float>();
-    ap.causal = a.causal ? 1 : 0;
-    ap.causal_offset = a.causal_offset;
-    ap.scale = a.scale;
-    ap.token_begin = a.token_begin;
-    ap.token_end = end;
-    ap.cache = *pages;
-    ap.num_splits = static_cast<int>(splits);
-    ap.tokens_per_split = per_split;
-    ap.max_record_bytes = (*dp)->max_record_bytes;
-    ap.max_levels = (*dp)->max_levels;
-    ap.table_bytes = (*dp)->table_bytes;
-    ap.partial_out = ln.partial_out.as<float>();
-    ap.partial_lse = ln.partial_lse.as<float>();
+    const dev::AttendParams ap = LaunchParams(**dp, a, end, rows, ln.rotated.as<float>(), *pages, splits, per_split,
+                                              ln.partial_out.as<float>(), ln.partial_lse.as<float>());
     ln.last_attend = ap;
     ln.last_attend_mma = mma;
     RETURN_IF_CUDA(mma ? dev::LaunchAttendMma(ap, ln.stream) : dev::LaunchAttend(ap, ln.stream), "attend launch");
@@ -754,150 +631,11 @@ class CudaBackend final : public Backend {
         if (content == plan) return &dp;
       }
     }
-    // One blob: per head, permutation (ints), then float arrays.
-    std::vector<char> blob;
-    auto put = [&](const void* data, size_t bytes) {
-      const size_t at = (blob.size() + 15) / 16 * 16;
-      blob.resize(at + bytes);
-      std::memcpy(blob.data() + at, data, bytes);
-      return at;
-    };
-    struct Offsets {
-      size_t perm, rot[dev::kMaxGroups], rot_t[dev::kMaxGroups], rot_frags[dev::kMaxGroups], cent[dev::kMaxGroups],
-          bound[dev::kMaxGroups], vrot, vrot_t, vrot_frags, vcent, vbound, tables;
-    };
-    // The query-rotation kernel computes R x with a thread per output
-    // coordinate; reading R's transposed copy, the threads of a warp load
-    // consecutive floats.
-    auto put_transposed = [&](const std::vector<float>& m, int n) {
-      std::vector<float> t(m.size());
-      for (int i = 0; i < n; ++i) {
-        for (int j = 0; j < n; ++j) t[static_cast<size_t>(j) * n + i] = m[static_cast<size_t>(i) * n + j];
-      }
-      return put(t.data(), t.size() * 4);
-    };
-    // The encode kernel rotates with fp16 tensor-core MMAs at fp32
-    // accuracy: R = hi + lo, both fp16 (R - hi is exact in fp32), laid out
-    // as the MMA's B fragments (dev::RotationFragmentIndex), zero-padded.
-    auto put_fragments = [&](const std::vector<float>& m, int n) {
-      const int n_tiles = (n + 7) / 8, k_steps = (n + 15) / 16;
-      std::vector<uint32_t> words(static_cast<size_t>(n_tiles) * k_steps * 32 * 4, 0u);
-      auto pair = [&](int row, int k, bool lo) -> uint32_t {
-        if (row >= n || k >= n) return 0u;  // n is even: k + 1 < n too
-        uint32_t halves[2];
-        for (int i = 0; i < 2; ++i) {
-          const float x = m[static_cast<size_t>(row) * n + k + i];
-          const uint16_t hi = planner::FloatToHalf(x);
-          halves[i] = lo ? planner::FloatToHalf(x - planner::HalfToFloat(hi)) : hi;
-        }
-        return halves[0] | (halves[1] << 16);
-      };
-      for (int nt = 0; nt < n_tiles; ++nt) {
-        for (int s = 0; s < k_steps; ++s) {
-          for (int lane = 0; lane < 32; ++lane) {
-            const int row = 8 * nt + lane / 4, k0 = 16 * s + 2 * (lane % 4), k1 = k0 + 8;
-            uint32_t* w = words.data() + 4 * static_cast<size_t>(dev::RotationFragmentIndex(nt, s, k_steps, lane));
-            w[0] = pair(row, k0, false);
-            w[1] = pair(row, k1, false);
-            w[2] = pair(row, k0, true);
-            w[3] = pair(row, k1, true);
-          }
-        }
-      }
-      return put(words.data(), words.size() * sizeof(uint32_t));
-    };
-    std::vector<Offsets> offs(plan.heads.size());
-    std::vector<dev::HeadPlanDevice> heads(plan.heads.size());
     DevicePlan dp;
-    dp.num_heads = static_cast<int>(plan.heads.size());
-    dp.head_dim = plan.heads[0].head_dim;
-    int prefix = 0;
-    for (size_t h = 0; h < plan.heads.size(); ++h) {
-      const planner::HeadPlan& hp = plan.heads[h];
-      // The kernels have instances for widths 1-8 only (dispatch.cuh): a
-      // plan outside that never reaches them.
-      if (hp.key_groups.size() > dev::kMaxGroups) return absl::InternalError("plan: too many key groups");
-      for (const planner::KeyGroupPlan& kg : hp.key_groups) {
-        if (kg.bits < 1 || kg.bits > 8) return absl::InternalError(absl::StrCat("plan: key width ", kg.bits));
-      }
-      if (hp.value_bits < 1 || hp.value_bits > 8) {
-        return absl::InternalError(absl::StrCat("plan: value width ", hp.value_bits));
-      }
-      offs[h].perm = put(hp.permutation.data(), hp.permutation.size() * sizeof(int));
-      dev::HeadPlanDevice& d = heads[h];
-      d = {};
-      d.head_dim = hp.head_dim;
-      d.num_groups = static_cast<int>(hp.key_groups.size());
-      int levels = 0;
-      for (size_t g = 0; g < hp.key_groups.size(); ++g) {
-        const planner::KeyGroupPlan& kg = hp.key_groups[g];
-        d.group_bits[g] = kg.bits;
-        d.group_offset[g] = kg.offset;
-        d.group_dim[g] = kg.dim;
-        d.group_code_bit_offset[g] = kg.code_bit_offset;
-        offs[h].rot[g] = put(kg.rotation.data(), kg.rotation.size() * 4);
-        offs[h].rot_t[g] = put_transposed(kg.rotation, kg.dim);
-        offs[h].rot_frags[g] = put_fragments(kg.rotation, kg.dim);
-        offs[h].cent[g] = put(kg.codebook.centroids.data(), kg.codebook.centroids.size() * 4);
-        offs[h].bound[g] = put(kg.codebook.boundaries.data(), kg.codebook.boundaries.size() * 4 + 4);
-        levels += 1 << kg.bits;
-      }
-      d.value_bits = hp.value_bits;
-      offs[h].vrot = put(hp.value_rotation.data(), hp.value_rotation.size() * 4);
-      offs[h].vrot_t = put_transposed(hp.value_rotation, hp.head_dim);
-      offs[h].vrot_frags = put_fragments(hp.value_rotation, hp.head_dim);
-      offs[h].vcent = put(hp.value_codebook.centroids.data(), hp.value_codebook.centroids.size() * 4);
-      offs[h].vbound = put(hp.value_codebook.boundaries.data(), hp.value_codebook.boundaries.size() * 4 + 4);
-      d.key_norms_offset = hp.layout.key_norms_offset;
-      d.value_norm_offset = hp.layout.value_norm_offset;
-      d.key_codes_offset = hp.layout.key_codes_offset;
-      d.key_code_bits = hp.layout.key_code_bits;
-      d.value_codes_offset = hp.layout.value_codes_offset;
-      d.record_bytes = hp.layout.record_bytes;
-      d.record_prefix = prefix;
-      {
-        int bits[dev::kMaxGroups] = {};
-        const float* centroids[dev::kMaxGroups] = {};
-        for (size_t g = 0; g < hp.key_groups.size(); ++g) {
-          bits[g] = hp.key_groups[g].bits;
-          centroids[g] = hp.key_groups[g].codebook.centroids.data();
-        }
-        const int n = static_cast<int>(hp.key_groups.size());
-        std::vector<unsigned char> image(dev::AttendMmaTableBytes(bits, n, hp.value_bits));
-        dev::AttendMmaTableImage(bits, centroids, n, hp.value_bits, hp.value_codebook.centroids.data(), image.data(),
-                                 d.table_offset);
-        d.table_image_bytes = static_cast<int>(image.size());
-        offs[h].tables = put(image.data(), image.size());
-      }
-      prefix += hp.layout.record_bytes;
-      dp.max_record_bytes = std::max(dp.max_record_bytes, hp.layout.record_bytes);
-      dp.max_levels = std::max(dp.max_levels, levels + (1 << hp.value_bits));
+    cudaError_t upload_error = cudaSuccess;
+    if (absl::Status st = cuda_host::BuildDevicePlan(plan, &dp, &upload_error); !st.ok()) {
+      return upload_error != cudaSuccess ? CudaError(upload_error, "plan upload") : st;
     }
-    dp.table_bytes = MmaTableBytes(plan);
-    dp.half_levels = HalfExactLevels(plan);
-    RETURN_IF_CUDA(cudaMalloc(&dp.blob, blob.size()), "plan upload");
-    RETURN_IF_CUDA(cudaMemcpy(dp.blob, blob.data(), blob.size(), cudaMemcpyHostToDevice), "plan upload");
-    char* base = static_cast<char*>(dp.blob);
-    for (size_t h = 0; h < heads.size(); ++h) {
-      dev::HeadPlanDevice& d = heads[h];
-      d.permutation = reinterpret_cast<const int*>(base + offs[h].perm);
-      for (int g = 0; g < d.num_groups; ++g) {
-        d.rotation[g] = reinterpret_cast<const float*>(base + offs[h].rot[g]);
-        d.rotation_t[g] = reinterpret_cast<const float*>(base + offs[h].rot_t[g]);
-        d.rotation_frags[g] = reinterpret_cast<const uint32_t*>(base + offs[h].rot_frags[g]);
-        d.centroids[g] = reinterpret_cast<const float*>(base + offs[h].cent[g]);
-        d.boundaries[g] = reinterpret_cast<const float*>(base + offs[h].bound[g]);
-      }
-      d.value_rotation = reinterpret_cast<const float*>(base + offs[h].vrot);
-      d.value_rotation_t = reinterpret_cast<const float*>(base + offs[h].vrot_t);
-      d.value_rotation_frags = reinterpret_cast<const uint32_t*>(base + offs[h].vrot_frags);
-      d.table_image = reinterpret_cast<const unsigned char*>(base + offs[h].tables);
-      d.value_centroids = reinterpret_cast<const float*>(base + offs[h].vcent);
-      d.value_boundaries = reinterpret_cast<const float*>(base + offs[h].vbound);
-    }
-    RETURN_IF_CUDA(cudaMalloc(reinterpret_cast<void**>(&dp.heads), heads.size() * sizeof(dev::HeadPlanDevice)), "plan upload");
-    RETURN_IF_CUDA(cudaMemcpy(dp.heads, heads.data(), heads.size() * sizeof(dev::HeadPlanDevice),
-                              cudaMemcpyHostToDevice), "plan upload");
     if (plan.id == 0) {
       anonymous_plans_.emplace_back(plan, dp);
       return &anonymous_plans_.back().second;
