@@ -12,7 +12,10 @@
 // inside a page, KV head h's records are contiguous at
 // planner::MakePageLayout(plan, page_tokens).head_offsets[h]. Page memory
 // belongs to the caller (host memory for the CPU backend, device memory for
-// CUDA); the backend only reads and writes it.
+// CUDA); the backend only reads and writes it, and says how pages must be
+// cut (page_constraints, PageTokens), so the caller never computes an
+// address inside a page. The canonical records of planner/packed_layout.md
+// go in and out through WriteRecords and ReadRecords.
 //
 // Thread safety: a Backend may be called from several threads at once as
 // long as no two calls write the same tokens.

@@ -1,8 +1,9 @@
 // The CUDA implementation of kernels::Backend: pages in device memory, the
 // kernels of codec.cu and attention.cu, host buffers in and out.
 //
-// Each layer plan is uploaded to the device once (cached by content) and
-// reused. Each call runs on one of `streams` lanes (a stream with its own
+// Each layer plan is uploaded to the device once and reused, cached by
+// plan id (planner::LayerPlan::id) or, for a plan without one, by its full
+// content. Each call runs on one of `streams` lanes (a stream with its own
 // staging buffers), so up to that many calls proceed concurrently and
 // overlap on the device; further calls wait for a lane. CUDA errors map to
 // UNAVAILABLE (RESOURCE_EXHAUSTED when memory runs out); a sticky error
