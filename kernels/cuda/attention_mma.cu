@@ -237,7 +237,17 @@ template <int NT>
 __device__ __forceinline__ void KeyGroupAnyWidth(int w, const uint32_t* words, const unsigned char* tables,
                                                  uint32_t base, const uint4* qf, int steps, const int (&bit)[4],
                                                  float (&gacc)[2][NT][4]) {
-  ROPEKV_DISPATCH_WIDTH(w, W, KeyGroup<W, NT>(words, tables, base, qf, steps, bit, gacc);)
+  // Widths are 1-8: the backend refuses any other at plan upload.
+  switch (w) {
+    case 1: KeyGroup<1, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 2: KeyGroup<2, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 3: KeyGroup<3, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 4: KeyGroup<4, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 5: KeyGroup<5, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 6: KeyGroup<6, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    case 7: KeyGroup<7, NT>(words, tables, base, qf, steps, bit, gacc); break;
+    default: KeyGroup<8, NT>(words, tables, base, qf, steps, bit, gacc); break;
+  }
 }
 
 // Bits [off, off + 32) of a stream held as aligned words.
@@ -316,7 +326,16 @@ template <int D, int NT>
 __device__ __forceinline__ void ValueStepAnyWidth(int vb, const uint32_t* words, const unsigned char* tables,
                                                   uint32_t base, int bit0, int rb_bits, const uint32_t (&pb)[NT][2],
                                                   float (&acc)[D / 16][NT][4]) {
-  ROPEKV_DISPATCH_WIDTH(vb, VB, ValueStep<VB, D, NT>(words, tables, base, bit0, rb_bits, pb, acc);)
+  switch (vb) {  // 1-8, as the key widths
+    case 1: ValueStep<1, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 2: ValueStep<2, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 3: ValueStep<3, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 4: ValueStep<4, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 5: ValueStep<5, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 6: ValueStep<6, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    case 7: ValueStep<7, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+    default: ValueStep<8, D, NT>(words, tables, base, bit0, rb_bits, pb, acc); break;
+  }
 }
 
 

@@ -4,9 +4,10 @@
 //
 // Host side, a launcher returns kNoKernelInstance, which the backend maps
 // to INTERNAL (plans are validated before they reach a kernel, so a missing
-// instance is a bug, not bad input). Device side, an unknown width traps:
-// the backend checks every width when a plan is uploaded, so that branch
-// is unreachable unless a plan on the device is corrupt.
+// instance is a bug, not bad input). Code widths are dispatched inside the
+// attention kernel's tile loop, where a branch costs: the backend refuses
+// (INTERNAL) any plan with a width outside 1-8 when it is uploaded, so the
+// kernel's switch over 1-8 never sees another width.
 #ifndef ROPEKV_KERNELS_CUDA_DISPATCH_CUH_
 #define ROPEKV_KERNELS_CUDA_DISPATCH_CUH_
 
@@ -35,21 +36,6 @@ inline constexpr cudaError_t kNoKernelInstance = cudaErrorNotYetImplemented;
     case 1: { constexpr int NAME = 1; __VA_ARGS__ }                         \
     case 2: { constexpr int NAME = 2; __VA_ARGS__ }                         \
     default: return ::ropekv::kernels::cuda::kNoKernelInstance;             \
-  }
-
-// Device code: `constexpr int NAME` for a code width 1..8; any other width
-// traps (see above).
-#define ROPEKV_DISPATCH_WIDTH(value, NAME, ...)                             \
-  switch (value) {                                                          \
-    case 1: { constexpr int NAME = 1; __VA_ARGS__ } break;                  \
-    case 2: { constexpr int NAME = 2; __VA_ARGS__ } break;                  \
-    case 3: { constexpr int NAME = 3; __VA_ARGS__ } break;                  \
-    case 4: { constexpr int NAME = 4; __VA_ARGS__ } break;                  \
-    case 5: { constexpr int NAME = 5; __VA_ARGS__ } break;                  \
-    case 6: { constexpr int NAME = 6; __VA_ARGS__ } break;                  \
-    case 7: { constexpr int NAME = 7; __VA_ARGS__ } break;                  \
-    case 8: { constexpr int NAME = 8; __VA_ARGS__ } break;                  \
-    default: __trap();                                                      \
   }
 
 #endif  // ROPEKV_KERNELS_CUDA_DISPATCH_CUH_
