@@ -181,6 +181,11 @@ class Backend {
                                     int64_t first_token, int64_t num_tokens,
                                     const uint8_t* records) = 0;
 
+  // Drops what the backend derived from the plan with this id (a CUDA
+  // device copy). Called when the last holder of a plan lets it go; a
+  // later call with a plan of that id derives it again. Thread-safe.
+  virtual void ForgetPlan(uint64_t plan_id) {}
+
   // How this backend wants pages cut, so that callers never assume it.
   struct PageConstraints {
     // Tokens per page: a multiple of this when a page holds at least as

@@ -228,8 +228,19 @@ absl::StatusOr<planner::ModelProfile> ProfileBuilder::Finish(const planner::Canc
   return profile;
 }
 
-ProfileRegistry::ProfileRegistry(std::string data_dir, ProfileMemory* memory)
-    : data_dir_(std::move(data_dir)), memory_(memory) {}
+ProfileRegistry::ProfileRegistry(std::string data_dir, ProfileMemory* memory, kernels::Backend* backend)
+    : data_dir_(std::move(data_dir)), memory_(memory), backend_(backend) {}
+
+std::shared_ptr<const planner::ModelProfile> ProfileRegistry::Share(planner::ModelProfile profile) const {
+  kernels::Backend* backend = backend_;
+  return std::shared_ptr<const planner::ModelProfile>(
+      new planner::ModelProfile(std::move(profile)), [backend](const planner::ModelProfile* p) {
+        if (backend != nullptr) {
+          for (const planner::LayerPlan& l : p->layers) backend->ForgetPlan(l.id);
+        }
+        delete p;
+      });
+}
 
 std::string ProfileRegistry::PathFor(const std::string& tenant,
                                      const std::string& id) const {
@@ -257,7 +268,7 @@ std::pair<int, int> ProfileRegistry::LoadAll() {
         if (memory_ != nullptr) {
           entry.memory = memory_->ReserveUnchecked(tenant, planner::ProfileBytesUpperBound(p->geometry));
         }
-        entry.profile = std::make_shared<const planner::ModelProfile>(*std::move(p));
+        entry.profile = Share(*std::move(p));
         ++loaded;
       } else {
         entry.unavailable_reason = std::string(p.status().message());
@@ -287,7 +298,7 @@ absl::Status ProfileRegistry::Add(const std::string& tenant, const std::string& 
   }
   ProfileEntry entry;
   entry.profile_id = id;
-  entry.profile = std::make_shared<const planner::ModelProfile>(std::move(profile));
+  entry.profile = Share(std::move(profile));
   entry.memory = std::move(charge);
   entries_[{tenant, id}] = std::move(entry);
   return absl::OkStatus();

@@ -21,6 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "kernels/backend.h"
 #include "planner/plan.h"
 #include "planner/scores.h"
 #include "ropekv/v1/service.pb.h"
@@ -86,8 +87,12 @@ struct ProfileEntry {
 class ProfileRegistry {
  public:
   // `data_dir` empty: profiles live in memory only. `memory` (may be null)
-  // is charged for profiles loaded from disk.
-  explicit ProfileRegistry(std::string data_dir, ProfileMemory* memory = nullptr);
+  // is charged for profiles loaded from disk. `backend` (may be null) is
+  // told to forget a profile's plans once nothing holds the profile (its
+  // entry deleted, its last session gone). REQUIRES: both outlive every
+  // profile the registry hands out.
+  explicit ProfileRegistry(std::string data_dir, ProfileMemory* memory = nullptr,
+                           kernels::Backend* backend = nullptr);
 
   // Loads every profile file under the data directory. Files that fail to
   // load become unavailable entries. Returns how many loaded and failed.
@@ -113,7 +118,12 @@ class ProfileRegistry {
   std::string PathFor(const std::string& tenant, const std::string& id) const;
 
   const std::string data_dir_;
+  // Shares a profile whose last holder tells the backend to forget its
+  // plans.
+  std::shared_ptr<const planner::ModelProfile> Share(planner::ModelProfile profile) const;
+
   ProfileMemory* const memory_;
+  kernels::Backend* const backend_;
   mutable absl::Mutex mu_;
   // (tenant, id) -> entry
   std::map<std::pair<std::string, std::string>, ProfileEntry> entries_

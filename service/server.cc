@@ -104,7 +104,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& o) {
   }
 
   server->profile_memory_ = std::make_unique<ProfileMemory>(o.limits.tenant_profile_bytes);
-  server->profiles_ = std::make_unique<ProfileRegistry>(o.data_dir, server->profile_memory_.get());
+  server->profiles_ =
+      std::make_unique<ProfileRegistry>(o.data_dir, server->profile_memory_.get(), server->backend_.get());
   const auto [loaded, failed] = server->profiles_->LoadAll();
   if (failed > 0) {
     Log(LogLevel::kWarning, "profiles_unavailable",

@@ -499,6 +499,16 @@ class CudaBackend final : public Backend {
 
   void FreeArena(uint8_t* arena) override { cudaFree(arena); }
 
+  void ForgetPlan(uint64_t plan_id) override ABSL_LOCKS_EXCLUDED(plans_mu_) {
+    if (plan_id == 0) return;
+    absl::MutexLock lock(&plans_mu_);
+    auto it = plans_.find(plan_id);
+    if (it == plans_.end()) return;
+    cudaSetDevice(device_);
+    cuda_host::FreeDevicePlan(&it->second);
+    plans_.erase(it);
+  }
+
   // The tensor-core attention reads 16-token tiles with 16-byte copies:
   // tiles never straddle a page and pages start 16-byte aligned.
   PageConstraints page_constraints() const override {

@@ -267,6 +267,30 @@ TEST_F(CudaBackendTest, PlansAreNeverConfusedInTheDeviceCache) {
   }
 }
 
+// A forgotten plan is uploaded again on its next use, with the same result.
+TEST_F(CudaBackendTest, ForgottenPlansAreUploadedAgain) {
+  planner::ModelProfile p = MakeProfile(128, 2, 4, 3.0, 3, 51);
+  const planner::LayerPlan& plan = p.layers[0];
+  const int64_t tokens = 200;
+  std::vector<float> k = testing::RandomNormal(2 * tokens * 128, 52, 2.0f);
+  std::vector<float> q = testing::RandomNormal(8 * 128, 53);
+  DevicePages dev(*gpu_, plan, 64, tokens);
+  ASSERT_TRUE(gpu_->EncodeLayer(plan, dev.view(0), 0, k.data(), k.data(), tokens).ok());
+  std::vector<float> first(q.size()), again(q.size()), lse(8);
+  AttentionParams a;
+  a.queries = q.data();
+  a.num_q_heads = 8;
+  a.scale = 1.0f / std::sqrt(128.0f);
+  a.lse = lse.data();
+  a.out = first.data();
+  ASSERT_TRUE(gpu_->Attend(plan, dev.view(tokens), a).ok());
+  gpu_->ForgetPlan(plan.id);
+  gpu_->ForgetPlan(plan.id);  // twice is harmless
+  a.out = again.data();
+  ASSERT_TRUE(gpu_->Attend(plan, dev.view(tokens), a).ok());
+  EXPECT_EQ(first, again);
+}
+
 TEST_F(CudaBackendTest, EncodeMatchesCpuCodesOnRealData) {
   const std::string path = testing::RealDataPath();
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "no real data at " << path;
