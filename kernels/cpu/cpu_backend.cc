@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/bit_packing.h"
 #include "kernels/cpu/codec.h"
+#include "kernels/record_runs.h"
 #include "kernels/validation.h"
 #include "planner/half.h"
 
@@ -191,14 +192,10 @@ class CpuBackend final : public Backend {
                            int64_t first, int64_t n, uint8_t* out) override {
     if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
     if (absl::Status s = CheckReadRange(cache, first, n); !s.ok()) return s;
-    const planner::PageLayout layout = MakePageLayout(plan, cache.page_tokens);
-    for (size_t h = 0; h < plan.heads.size(); ++h) {
-      const int rb = plan.heads[h].layout.record_bytes;
-      for (int64_t t = first; t < first + n; ++t) {
-        std::memcpy(out, Record(cache, layout, plan.heads[h], h, t), rb);
-        out += rb;
-      }
-    }
+    ForEachRecordRun(plan, cache, first, n, [&](const uint8_t* src, int64_t bytes) {
+      std::memcpy(out, src, bytes);
+      out += bytes;
+    });
     return absl::OkStatus();
   }
 
@@ -207,14 +204,10 @@ class CpuBackend final : public Backend {
     if (absl::Status s = CheckView(plan, cache); !s.ok()) return s;
     if (absl::Status s = CheckWriteRange(cache, first, n); !s.ok()) return s;
     if (absl::Status s = CheckRecords(plan, records, n); !s.ok()) return s;
-    const planner::PageLayout layout = MakePageLayout(plan, cache.page_tokens);
-    for (size_t h = 0; h < plan.heads.size(); ++h) {
-      const int rb = plan.heads[h].layout.record_bytes;
-      for (int64_t t = first; t < first + n; ++t) {
-        std::memcpy(Record(cache, layout, plan.heads[h], h, t), records, rb);
-        records += rb;
-      }
-    }
+    ForEachRecordRun(plan, cache, first, n, [&](uint8_t* dst, int64_t bytes) {
+      std::memcpy(dst, records, bytes);
+      records += bytes;
+    });
     return absl::OkStatus();
   }
 

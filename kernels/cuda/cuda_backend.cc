@@ -21,6 +21,7 @@
 #include "kernels/cuda/device_plan_upload.h"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/lanes.h"
+#include "kernels/record_runs.h"
 #include "kernels/validation.h"
 #include "planner/half.h"
 
@@ -523,18 +524,12 @@ class CudaBackend final : public Backend {
     if (absl::Status s = Sticky(); !s.ok()) return s;
     LaneLease lane(this);
     Lane& ln = *lane;
-    const planner::PageLayout layout = planner::MakePageLayout(plan, cache.page_tokens);
-    for (size_t h = 0; h < plan.heads.size(); ++h) {
-      const int rb = plan.heads[h].layout.record_bytes;
-      for (int64_t t = first; t < first + n;) {
-        const int64_t slot = t % cache.page_tokens;
-        const int64_t run = std::min<int64_t>(first + n - t, cache.page_tokens - slot);
-        uint8_t* dst = cache.pages[t / cache.page_tokens] + layout.head_offsets[h] + slot * rb;
-        RETURN_IF_CUDA(cudaMemcpyAsync(dst, records, run * rb, cudaMemcpyHostToDevice, ln.stream), "copy records");
-        records += run * rb;
-        t += run;
-      }
-    }
+    cudaError_t err = cudaSuccess;
+    ForEachRecordRun(plan, cache, first, n, [&](uint8_t* dst, int64_t bytes) {
+      if (err == cudaSuccess) err = cudaMemcpyAsync(dst, records, bytes, cudaMemcpyHostToDevice, ln.stream);
+      records += bytes;
+    });
+    RETURN_IF_CUDA(err, "copy records");
     RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "write records");
     return absl::OkStatus();
   }
@@ -546,18 +541,12 @@ class CudaBackend final : public Backend {
     if (absl::Status s = Sticky(); !s.ok()) return s;
     LaneLease lane(this);
     Lane& ln = *lane;
-    const planner::PageLayout layout = planner::MakePageLayout(plan, cache.page_tokens);
-    for (size_t h = 0; h < plan.heads.size(); ++h) {
-      const int rb = plan.heads[h].layout.record_bytes;
-      for (int64_t t = first; t < first + n;) {
-        const int64_t slot = t % cache.page_tokens;
-        const int64_t run = std::min<int64_t>(first + n - t, cache.page_tokens - slot);
-        const uint8_t* src = cache.pages[t / cache.page_tokens] + layout.head_offsets[h] + slot * rb;
-        RETURN_IF_CUDA(cudaMemcpyAsync(out, src, run * rb, cudaMemcpyDeviceToHost, ln.stream), "copy records");
-        out += run * rb;
-        t += run;
-      }
-    }
+    cudaError_t err = cudaSuccess;
+    ForEachRecordRun(plan, cache, first, n, [&](const uint8_t* src, int64_t bytes) {
+      if (err == cudaSuccess) err = cudaMemcpyAsync(out, src, bytes, cudaMemcpyDeviceToHost, ln.stream);
+      out += bytes;
+    });
+    RETURN_IF_CUDA(err, "copy records");
     RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "read records");
     return absl::OkStatus();
   }

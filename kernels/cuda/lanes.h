@@ -18,41 +18,30 @@ namespace ropekv::kernels::cuda_host {
 
 namespace dev = ::ropekv::kernels::cuda;
 
-// A device buffer that only grows (warm-up allocations; none afterwards).
-struct DeviceBuffer {
+// Memory that only grows (warm-up allocations; none afterwards): device
+// memory, or page-locked host memory (kPinned) for asynchronous copies.
+template <bool kPinned>
+struct GrowingBuffer {
   void* ptr = nullptr;
   size_t size = 0;
   cudaError_t Ensure(size_t bytes) {
     if (bytes <= size) return cudaSuccess;
     const size_t grown = std::max(bytes, size * 2);
-    if (ptr != nullptr) cudaFree(ptr);
-    ptr = nullptr;
-    size = 0;
-    cudaError_t err = cudaMalloc(&ptr, grown);
+    Release();
+    const cudaError_t err = kPinned ? cudaMallocHost(&ptr, grown) : cudaMalloc(&ptr, grown);
     if (err == cudaSuccess) size = grown;
     return err;
   }
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr); }
-};
-
-// Page-locked host memory that only grows: staging for asynchronous copies.
-struct PinnedBuffer {
-  void* ptr = nullptr;
-  size_t size = 0;
-  cudaError_t Ensure(size_t bytes) {
-    if (bytes <= size) return cudaSuccess;
-    const size_t grown = std::max(bytes, size * 2);
-    if (ptr != nullptr) cudaFreeHost(ptr);
+  void Release() {
+    if (ptr != nullptr) kPinned ? cudaFreeHost(ptr) : cudaFree(ptr);
     ptr = nullptr;
     size = 0;
-    cudaError_t err = cudaMallocHost(&ptr, grown);
-    if (err == cudaSuccess) size = grown;
-    return err;
   }
   template <typename T>
   T* as(size_t byte_offset = 0) const { return reinterpret_cast<T*>(static_cast<char*>(ptr) + byte_offset); }
 };
+using DeviceBuffer = GrowingBuffer<false>;
+using PinnedBuffer = GrowingBuffer<true>;
 
 // The device pointers of one AttendBatch group's launches.
 struct BatchLaunch {
@@ -85,11 +74,10 @@ struct Lane {
   ~Lane() {
     for (DeviceBuffer* b : {&in_k, &in_v, &out_k, &out_v, &page_table, &rotated, &partial_out, &partial_lse,
                             &out, &lse, &flag, &batch_in, &batch_out}) {
-      if (b->ptr != nullptr) cudaFree(b->ptr);
+      b->Release();
     }
-    for (PinnedBuffer* b : {&pinned_in, &pinned_out}) {
-      if (b->ptr != nullptr) cudaFreeHost(b->ptr);
-    }
+    pinned_in.Release();
+    pinned_out.Release();
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
 };
