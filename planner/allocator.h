@@ -39,6 +39,38 @@ int BitBudget(int num_blocks, double avg_bits);
 absl::StatusOr<std::vector<int>> AllocateBits(absl::Span<const double> scores,
                                               const AllocationOptions& options);
 
+// Allocation under a byte budget that counts the norms: every distinct
+// key width is a group and stores a 2-byte norm per token, so a width pays
+// for its norm only where it gains more than the code bits it displaces.
+struct ByteBudgetOptions {
+  // Bytes of one token's key part per KV head: code bytes
+  // (ceil(sum_i 2 b_i / 8)) plus 2 per key group. Uniform Kb at head_dim
+  // d takes ceil(d b / 8) + 2.
+  int key_bytes = 0;
+  int min_bits = 1;
+  int max_bits = 8;
+  // At most this many distinct widths (key groups).
+  int max_groups = 8;
+  // Group sizes in dimensions are multiples of this (even; the narrowest
+  // group takes what is left).
+  int group_multiple = 2;
+};
+
+// Widths per block minimising the estimated logit error sum_i s_i 4^(-b_i)
+// (the greedy's objective) subject to the byte budget, exactly: 4^-b
+// decreases with b, so an optimal allocation gives wider codes to higher
+// scores; blocks sorted by score then form runs of equal width, and a
+// dynamic programme over (block, width, bytes spent) that pays a norm at
+// every change of width finds the optimum. Ties between equal scores give
+// the wider code to the lower block index.
+// INVALID_ARGUMENT for bad scores or options, or a budget below min_bits
+// everywhere in one group.
+absl::StatusOr<std::vector<int>> AllocateBitsForBytes(absl::Span<const double> scores,
+                                                      const ByteBudgetOptions& options);
+
+// The key bytes of `bits` (per block) as ByteBudgetOptions counts them.
+int KeyBytesOf(absl::Span<const int> bits);
+
 }  // namespace ropekv::planner
 
 #endif  // ROPEKV_PLANNER_ALLOCATOR_H_

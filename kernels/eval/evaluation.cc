@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cpu/codec.h"
+#include "planner/allocator.h"
 #include "nlohmann/json.hpp"
 #include "planner/fidelity.h"
 
@@ -55,6 +56,7 @@ const char* EvalMethodName(EvalMethod m) {
     case EvalMethod::kEnergy: return "energy";
     case EvalMethod::kLogit: return "logit";
     case EvalMethod::kLogitSameBytes: return "logit-same-bytes";
+    case EvalMethod::kLogitBytes: return "logit-bytes";
   }
   return "?";
 }
@@ -120,6 +122,26 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
       planner::Budget budget = BudgetFor(m, options.key_bits[bi], options.value_bits[bi]);
       absl::StatusOr<planner::ModelProfile> profile = planner::BuildProfile(*scores, budget);
       if (!profile.ok()) return profile.status();
+      if (m == EvalMethod::kLogitBytes) {
+        // Per head, the byte-aware optimum at uniform's key bytes.
+        planner::PerHeadBits bits(g.num_layers);
+        const int key_bytes = planner::KeyBytesOf(std::vector<int>(g.num_blocks(), options.key_bits[bi]));
+        for (int layer = 0; layer < g.num_layers; ++layer) {
+          for (int h = 0; h < g.num_kv_heads; ++h) {
+            absl::StatusOr<std::vector<double>> s = scores->Scores(layer, h, planner::ScoreKind::kLogit);
+            if (!s.ok()) return s.status();
+            planner::ByteBudgetOptions bo;
+            bo.key_bytes = key_bytes;
+            bo.min_bits = budget.min_bits;
+            bo.max_bits = budget.max_bits;
+            absl::StatusOr<std::vector<int>> b = planner::AllocateBitsForBytes(*s, bo);
+            if (!b.ok()) return b.status();
+            bits[layer].push_back(*std::move(b));
+          }
+        }
+        profile = planner::BuildProfileFromAllocation(g, budget, bits);
+        if (!profile.ok()) return profile.status();
+      }
       if (m == EvalMethod::kLogitSameBytes) {
         absl::StatusOr<planner::ModelProfile> uniform = planner::BuildProfile(
             *scores, planner::UniformBudget(options.key_bits[bi], options.value_bits[bi]));
@@ -134,6 +156,13 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
       }
       MethodFidelity r;
       r.key_avg_bits = budget.key_avg_bits;
+      if (m == EvalMethod::kLogitBytes) {  // what the allocation spent, on average
+        double sum = 0;
+        for (const planner::LayerPlan& l : profile->layers) {
+          for (const planner::HeadPlan& h : l.heads) sum += h.key_bits_per_dim();
+        }
+        r.key_avg_bits = sum / (g.num_layers * g.num_kv_heads);
+      }
       r.method = m;
       r.key_bits = options.key_bits[bi];
       r.value_bits = options.value_bits[bi];

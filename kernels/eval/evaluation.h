@@ -32,14 +32,18 @@ namespace ropekv::kernels {
 // one bit per RoPE block) until the packed record, per-group norms
 // included, is no larger than uniform TQ-MSE's at the same widths: the
 // comparison at equal bytes rather than equal code bits.
-enum class EvalMethod { kUniform, kEnergy, kLogit, kLogitSameBytes };
-const char* EvalMethodName(EvalMethod m);  // "uniform", "energy", "logit", "logit-same-bytes"
+// kLogitSameBytes: the greedy at code bits lowered until its record is no
+// larger than uniform's; kLogitBytes: the byte-aware allocation
+// (planner::AllocateBitsForBytes) at exactly uniform's key bytes, norms
+// counted.
+enum class EvalMethod { kUniform, kEnergy, kLogit, kLogitSameBytes, kLogitBytes };
+const char* EvalMethodName(EvalMethod m);  // "uniform", "energy", "logit", "logit-same-bytes", "logit-bytes"
 
 struct EvalOptions {
   std::vector<int> key_bits = {2, 3, 4};  // budget i is (key_bits[i], value_bits[i])
   std::vector<int> value_bits = {2, 3, 4};
   std::vector<EvalMethod> methods = {EvalMethod::kUniform, EvalMethod::kEnergy, EvalMethod::kLogit,
-                                     EvalMethod::kLogitSameBytes};
+                                     EvalMethod::kLogitSameBytes, EvalMethod::kLogitBytes};
   planner::SequenceSplit calibrate = planner::SequenceSplit::kEven;  // test: the other one
   int num_offsets = 50;
   double max_offset = 1024;

@@ -2,7 +2,7 @@
 // your model's activations (kernels/eval/evaluation.h says what is measured).
 //
 //   ropekv-eval --activations=acts.safetensors [--bits=2,3,4] [--calibrate=even]
-//               [--methods=uniform,energy,logit,logit-same-bytes] [--json=eval.json]
+//               [--methods=uniform,energy,logit,logit-same-bytes,logit-bytes] [--json=eval.json]
 //
 // Prints one table per budget (per-layer logit MAE and attention-output
 // error, wins against uniform, bytes per token) and writes the JSON that
@@ -23,8 +23,8 @@
 ABSL_FLAG(std::string, activations, "", "q/k/v activations (.safetensors, layout in the README)");
 ABSL_FLAG(std::string, bits, "2,3,4", "Budgets: comma-separated widths, K and V alike (e.g. 2,3,4)");
 ABSL_FLAG(std::string, value_bits, "", "Value widths per budget when they differ from --bits");
-ABSL_FLAG(std::string, methods, "uniform,energy,logit,logit-same-bytes",
-          "Methods: uniform, energy, logit, logit-same-bytes");
+ABSL_FLAG(std::string, methods, "uniform,energy,logit,logit-same-bytes,logit-bytes",
+          "Methods: uniform, energy, logit, logit-same-bytes, logit-bytes (byte-aware, at uniform's bytes)");
 ABSL_FLAG(std::string, calibrate, "even", "Sequences that calibrate: even or odd (the others test)");
 ABSL_FLAG(std::string, json, "", "Where to write the JSON report (optional)");
 
@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
     else if (m == "energy") options.methods.push_back(kernels::EvalMethod::kEnergy);
     else if (m == "logit") options.methods.push_back(kernels::EvalMethod::kLogit);
     else if (m == "logit-same-bytes") options.methods.push_back(kernels::EvalMethod::kLogitSameBytes);
+    else if (m == "logit-bytes") options.methods.push_back(kernels::EvalMethod::kLogitBytes);
     else return Fail(absl::InvalidArgumentError(absl::StrFormat("--methods: unknown method '%s'", m)));
   }
   const std::string cal = absl::GetFlag(FLAGS_calibrate);

@@ -2,6 +2,9 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
+#include <map>
+#include <set>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -146,6 +149,106 @@ TEST(AllocatorTest, BadInputGivesInvalidArgument) {
   EXPECT_EQ(AllocateBits({1.0}, {0.5, 1, 8}).status().code(), absl::StatusCode::kInvalidArgument);
   absl::Status s = AllocateBits({1.0}, {3.0, 1, 9}).status();
   EXPECT_NE(s.message().find("max_bits"), std::string::npos) << s;
+}
+
+}  // namespace
+}  // namespace ropekv::planner
+
+namespace ropekv::planner {
+namespace {
+
+double EstimatedError(absl::Span<const double> s, absl::Span<const int> b) {
+  double e = 0;
+  for (size_t i = 0; i < s.size(); ++i) e += s[i] * std::ldexp(1.0, -2 * b[i]);
+  return e;
+}
+
+int Groups(absl::Span<const int> b) { return static_cast<int>(std::set<int>(b.begin(), b.end()).size()); }
+
+// Every group's size in dimensions a multiple of `m`, but for the
+// narrowest, which takes the rest.
+bool GroupSizesOk(absl::Span<const int> b, int m) {
+  std::map<int, int> count;
+  for (int x : b) ++count[x];
+  for (auto it = std::next(count.begin()); it != count.end(); ++it) {
+    if ((2 * it->second) % m != 0) return false;
+  }
+  return true;
+}
+
+// The exact optimum, by trying every allocation of a small head.
+TEST(ByteBudgetTest, MatchesBruteForceOnSmallHeads) {
+  std::mt19937 gen(7);
+  std::lognormal_distribution<double> score(0, 1.5);
+  for (int trial = 0; trial < 120; ++trial) {
+    const int n = 3 + trial % 4;  // 3..6 blocks
+    std::vector<double> s(n);
+    for (double& x : s) x = score(gen);
+    if (trial % 10 == 0) s[1] = s[0];  // ties
+    ByteBudgetOptions o;
+    o.min_bits = 1;
+    o.max_bits = 4 + trial % 2;
+    o.max_groups = trial % 3 == 0 ? 2 : 8;
+    o.group_multiple = trial % 5 == 0 ? 4 : 2;
+    o.key_bytes = 3 + trial % 5;
+    // Brute force over every width vector.
+    double best = std::numeric_limits<double>::infinity();
+    std::vector<int> b(n, o.min_bits);
+    for (;;) {
+      if (KeyBytesOf(b) <= o.key_bytes && Groups(b) <= o.max_groups && GroupSizesOk(b, o.group_multiple)) {
+        best = std::min(best, EstimatedError(s, b));
+      }
+      int k = 0;
+      while (k < n && b[k] == o.max_bits) b[k++] = o.min_bits;
+      if (k == n) break;
+      ++b[k];
+    }
+    absl::StatusOr<std::vector<int>> got = AllocateBitsForBytes(s, o);
+    if (!std::isfinite(best)) {
+      EXPECT_FALSE(got.ok()) << "trial " << trial;
+      continue;
+    }
+    ASSERT_TRUE(got.ok()) << "trial " << trial << ": " << got.status();
+    EXPECT_LE(KeyBytesOf(*got), o.key_bytes) << "trial " << trial;
+    EXPECT_LE(Groups(*got), o.max_groups) << "trial " << trial;
+    EXPECT_TRUE(GroupSizesOk(*got, o.group_multiple)) << "trial " << trial;
+    EXPECT_NEAR(EstimatedError(s, *got), best, 1e-12 * (1 + best)) << "trial " << trial;
+  }
+}
+
+// At a uniform allocation's bytes the result is never worse than uniform
+// (uniform is one of the allocations it chooses among), and with flat
+// scores it is uniform.
+TEST(ByteBudgetTest, NeverWorseThanUniformAtItsBytes) {
+  std::mt19937 gen(11);
+  std::lognormal_distribution<double> score(0, 2.0);
+  for (int bits : {2, 3, 4}) {
+    std::vector<double> s(64);
+    for (double& x : s) x = score(gen);
+    const std::vector<int> uniform(64, bits);
+    ByteBudgetOptions o;
+    o.key_bytes = KeyBytesOf(uniform);  // 128 x bits / 8 + 2
+    absl::StatusOr<std::vector<int>> got = AllocateBitsForBytes(s, o);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_LE(KeyBytesOf(*got), o.key_bytes);
+    EXPECT_LE(EstimatedError(s, *got), EstimatedError(s, uniform));
+    EXPECT_LT(EstimatedError(s, *got), 0.8 * EstimatedError(s, uniform)) << "skewed scores should gain";
+    const std::vector<double> flat(64, 1.0);
+    EXPECT_EQ(*AllocateBitsForBytes(flat, o), uniform);
+  }
+}
+
+TEST(ByteBudgetTest, BadOptionsAreRefused) {
+  const std::vector<double> s(8, 1.0);
+  ByteBudgetOptions o;
+  o.key_bytes = 3;  // 8 blocks at 1 bit need 2 code bytes + 2
+  EXPECT_EQ(AllocateBitsForBytes(s, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.key_bytes = 10;
+  o.group_multiple = 3;
+  EXPECT_EQ(AllocateBitsForBytes(s, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.group_multiple = 2;
+  o.max_groups = 0;
+  EXPECT_EQ(AllocateBitsForBytes(s, o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
