@@ -134,6 +134,8 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
             bo.key_bytes = key_bytes;
             bo.min_bits = budget.min_bits;
             bo.max_bits = budget.max_bits;
+            bo.max_groups = options.max_groups;
+            bo.group_multiple = options.group_multiple;
             absl::StatusOr<std::vector<int>> b = planner::AllocateBitsForBytes(*s, bo);
             if (!b.ok()) return b.status();
             bits[layer].push_back(*std::move(b));

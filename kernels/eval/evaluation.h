@@ -45,6 +45,10 @@ struct EvalOptions {
   std::vector<EvalMethod> methods = {EvalMethod::kUniform, EvalMethod::kEnergy, EvalMethod::kLogit,
                                      EvalMethod::kLogitSameBytes, EvalMethod::kLogitBytes};
   planner::SequenceSplit calibrate = planner::SequenceSplit::kEven;  // test: the other one
+  // logit-bytes: at most this many key groups per head, group sizes in
+  // multiples of this many dimensions (planner::ByteBudgetOptions).
+  int max_groups = 8;
+  int group_multiple = 2;
   int num_offsets = 50;
   double max_offset = 1024;
 };

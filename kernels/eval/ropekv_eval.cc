@@ -23,6 +23,8 @@
 ABSL_FLAG(std::string, activations, "", "q/k/v activations (.safetensors, layout in the README)");
 ABSL_FLAG(std::string, bits, "2,3,4", "Budgets: comma-separated widths, K and V alike (e.g. 2,3,4)");
 ABSL_FLAG(std::string, value_bits, "", "Value widths per budget when they differ from --bits");
+ABSL_FLAG(int, max_groups, 8, "logit-bytes: most key groups (distinct widths) per head");
+ABSL_FLAG(int, group_multiple, 2, "logit-bytes: key group sizes in multiples of this many dimensions");
 ABSL_FLAG(std::string, methods, "uniform,energy,logit,logit-same-bytes,logit-bytes",
           "Methods: uniform, energy, logit, logit-same-bytes, logit-bytes (byte-aware, at uniform's bytes)");
 ABSL_FLAG(std::string, calibrate, "even", "Sequences that calibrate: even or odd (the others test)");
@@ -73,6 +75,8 @@ int main(int argc, char** argv) {
     }
     options.value_bits = *vb;
   }
+  options.max_groups = absl::GetFlag(FLAGS_max_groups);
+  options.group_multiple = absl::GetFlag(FLAGS_group_multiple);
   options.methods.clear();
   for (absl::string_view m : absl::StrSplit(absl::GetFlag(FLAGS_methods), ',', absl::SkipEmpty())) {
     if (m == "uniform") options.methods.push_back(kernels::EvalMethod::kUniform);
