@@ -138,8 +138,21 @@ absl::Status ValidateBudget(const Budget& b) {
     return absl::InvalidArgumentError(absl::StrCat(
         "budget.max_bits: expected [", b.min_bits, ", 8], got ", b.max_bits));
   }
-  if (!std::isfinite(b.key_avg_bits) || b.key_avg_bits < b.min_bits ||
-      b.key_avg_bits > b.max_bits) {
+  if (b.key_bytes < 0 || b.key_bytes > (1 << 16)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("budget.key_bytes: expected [0, 65536] (0: a budget in bits), got ", b.key_bytes));
+  }
+  if (b.max_key_groups < 1 || b.max_key_groups > kMaxBits) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("budget.max_key_groups: expected [1, 8], got ", b.max_key_groups));
+  }
+  if (b.key_group_multiple < 2 || b.key_group_multiple > 512 || b.key_group_multiple % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "budget.key_group_multiple: expected an even number of dimensions in [2, 512], got ", b.key_group_multiple));
+  }
+  const bool bits_unused = b.key_bytes > 0 && b.key_avg_bits == 0;
+  if (!bits_unused && (!std::isfinite(b.key_avg_bits) || b.key_avg_bits < b.min_bits ||
+                       b.key_avg_bits > b.max_bits)) {
     return absl::InvalidArgumentError(
         absl::StrCat("budget.key_avg_bits: expected [", b.min_bits, ", ",
                      b.max_bits, "], got ", b.key_avg_bits));
@@ -269,6 +282,12 @@ absl::StatusOr<ModelProfile> BuildProfileFromScores(
   PerHeadBits bits(geometry.num_layers);
   const AllocationOptions options{budget.key_avg_bits, budget.min_bits,
                                   budget.max_bits};
+  ByteBudgetOptions by_bytes;
+  by_bytes.key_bytes = budget.key_bytes;
+  by_bytes.min_bits = budget.min_bits;
+  by_bytes.max_bits = budget.max_bits;
+  by_bytes.max_groups = budget.max_key_groups;
+  by_bytes.group_multiple = budget.key_group_multiple;
   for (int layer = 0; layer < geometry.num_layers; ++layer) {
     if (scores[layer].size() != static_cast<size_t>(geometry.num_kv_heads)) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -281,7 +300,8 @@ absl::StatusOr<ModelProfile> BuildProfileFromScores(
             "scores[", layer, "][", h, "]: expected ", geometry.num_blocks(),
             " blocks, got ", scores[layer][h].size()));
       }
-      absl::StatusOr<std::vector<int>> b = AllocateBits(scores[layer][h], options);
+      absl::StatusOr<std::vector<int>> b = budget.key_bytes > 0 ? AllocateBitsForBytes(scores[layer][h], by_bytes)
+                                                                : AllocateBits(scores[layer][h], options);
       if (!b.ok()) return b.status();
       bits[layer].push_back(*std::move(b));
     }

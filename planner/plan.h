@@ -43,6 +43,15 @@ struct Budget {
   uint64_t seed = kDefaultSeed;
   // Key groups of fewer dimensions keep the identity (0 = rotate all).
   int min_rotation_dim = 0;
+  // > 0: a budget in bytes instead: each head's key part of a token takes
+  // at most this many bytes, its norms counted (AllocateBitsForBytes), and
+  // key_avg_bits is only informational (it may then be 0). Uniform Kb at
+  // head_dim d is ceil(d b / 8) + 2 bytes.
+  int key_bytes = 0;
+  // With key_bytes: at most this many key groups per head, and group sizes
+  // in multiples of this many dimensions.
+  int max_key_groups = 8;
+  int key_group_multiple = 2;
 };
 
 // Uniform TQ-MSE: every key block at key_bits (min = max = key_bits).

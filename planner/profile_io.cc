@@ -97,6 +97,9 @@ void BudgetToProto(const Budget& budget, pb::Budget* b) {
                                                   : pb::SCORE_KIND_LOGIT);
   b->set_seed(budget.seed);
   b->set_min_rotation_dim(budget.min_rotation_dim);
+  b->set_key_bytes(budget.key_bytes);
+  b->set_max_key_groups(budget.max_key_groups);
+  b->set_key_group_multiple(budget.key_group_multiple);
 }
 
 absl::StatusOr<ModelGeometry> GeometryFromProto(const pb::ModelGeometry& g) {
@@ -130,6 +133,10 @@ absl::StatusOr<Budget> BudgetFromProto(const pb::Budget& b, bool apply_defaults)
   out.max_bits = ToInt(b.max_bits());
   out.seed = b.seed();
   out.min_rotation_dim = ToInt(b.min_rotation_dim());
+  out.key_bytes = ToInt(b.key_bytes());
+  // 0 (unset, and every profile written before these fields) = defaults.
+  out.max_key_groups = b.max_key_groups() == 0 ? 8 : ToInt(b.max_key_groups());
+  out.key_group_multiple = b.key_group_multiple() == 0 ? 2 : ToInt(b.key_group_multiple());
   switch (b.score()) {
     case pb::SCORE_KIND_ENERGY:
       out.score = ScoreKind::kEnergy;

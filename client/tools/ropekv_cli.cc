@@ -40,6 +40,9 @@ ABSL_FLAG(std::string, session, "", "Session id");
 ABSL_FLAG(std::string, calibration, "", "Calibration .safetensors (q, k)");
 ABSL_FLAG(std::string, sequences, "all", "Calibration sequences: all, even, odd");
 ABSL_FLAG(double, key_bits, 3.0, "Average key bits per dimension");
+ABSL_FLAG(int, key_bytes, 0,
+          "profile create: a key budget in bytes per token per KV head, norms counted, instead of --key_bits "
+          "(-1: the bytes of uniform --key_bits)");
 ABSL_FLAG(int, value_bits, 3, "Value bits per dimension");
 ABSL_FLAG(std::string, score, "logit", "Allocation score: logit or energy");
 ABSL_FLAG(bool, uniform, false, "Uniform TQ-MSE instead of Block-GTQ");
@@ -197,6 +200,11 @@ int Run(const std::vector<char*>& args) {
                      absl::GetFlag(FLAGS_value_bits), absl::GetFlag(FLAGS_uniform),
                      absl::GetFlag(FLAGS_score));
     if (!spec.ok()) return Fail(spec.status());
+    if (const int kb = absl::GetFlag(FLAGS_key_bytes); kb != 0) {
+      const int d = static_cast<int>(spec->geometry().head_dim());
+      const int bits = static_cast<int>(absl::GetFlag(FLAGS_key_bits));
+      spec->mutable_budget()->set_key_bytes(kb > 0 ? kb : (d * bits + 7) / 8 + 2);
+    }
     absl::StatusOr<pb::ProfileInfo> info = CreateFromFile(client, *f, *spec, absl::GetFlag(FLAGS_sequences));
     if (!info.ok()) return Fail(info.status());
     PrintProfile(*info);

@@ -135,7 +135,7 @@ TEST(EvaluationTest, ReportsEveryBudgetMethodAndLayer) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->test_sequences, 3);
   EXPECT_EQ(r->test_tokens, 72);
-  ASSERT_EQ(r->results.size(), 8u);  // 2 budgets x 4 methods
+  ASSERT_EQ(r->results.size(), 10u);  // 2 budgets x 5 methods
   for (const kernels::MethodFidelity& m : r->results) {
     ASSERT_EQ(m.layers.size(), 2u);
     EXPECT_EQ(m.layers_beating_uniform >= 0, m.method != kernels::EvalMethod::kUniform);
@@ -153,15 +153,19 @@ TEST(EvaluationTest, ReportsEveryBudgetMethodAndLayer) {
   }
   // Loud blocks: the allocation puts bits there and beats uniform on the logit MAE.
   EXPECT_LT(r->results[2].mean_logit_mae, r->results[0].mean_logit_mae);
-  // The same-bytes variant fits in uniform's record and spends fewer code bits.
+  // The same-bytes variant fits in uniform's record and spends fewer code
+  // bits; the byte-aware one takes exactly uniform's bytes (norms counted).
   for (int b = 0; b < 2; ++b) {
-    const kernels::MethodFidelity& u = r->results[4 * b];
-    const kernels::MethodFidelity& same = r->results[4 * b + 3];
+    const kernels::MethodFidelity& u = r->results[5 * b];
+    const kernels::MethodFidelity& same = r->results[5 * b + 3];
+    const kernels::MethodFidelity& bytes = r->results[5 * b + 4];
     EXPECT_LE(same.packed_bytes_per_token, u.packed_bytes_per_token);
     EXPECT_LE(same.key_avg_bits, u.key_bits);
+    EXPECT_EQ(bytes.method, kernels::EvalMethod::kLogitBytes);
+    EXPECT_LE(bytes.packed_bytes_per_token, u.packed_bytes_per_token);
   }
   nlohmann::json j = nlohmann::json::parse(kernels::EvalReportJson(*r));
-  EXPECT_EQ(j["results"].size(), 8u);
+  EXPECT_EQ(j["results"].size(), 10u);
   EXPECT_EQ(j["results"][1]["method"], "energy");
   EXPECT_EQ(j["results"][0]["layers"].size(), 2u);
   EXPECT_TRUE(j["results"][0]["layers"][0].contains("attention_error"));

@@ -1,6 +1,7 @@
 #include "planner/plan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 
@@ -211,6 +212,50 @@ TEST(PlanTest, BadInputGivesSpecificErrors) {
   odd.head_dim = 7;
   EXPECT_EQ(BuildProfileFromScores(odd, budget, {}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace ropekv::planner
+
+namespace ropekv::planner {
+namespace {
+
+// A budget in bytes: every head's key part fits it, norms counted, and the
+// widths are those of AllocateBitsForBytes.
+TEST(PlanTest, KeyBudgetInBytesHoldsForEveryHead) {
+  ModelGeometry g;
+  g.num_layers = 2;
+  g.num_q_heads = 4;
+  g.num_kv_heads = 2;
+  g.head_dim = 64;
+  g.rotary_dim = 64;
+  PerHead scores(2, std::vector<std::vector<double>>(2, std::vector<double>(32)));
+  for (int l = 0; l < 2; ++l) {
+    for (int h = 0; h < 2; ++h) {
+      for (int b = 0; b < 32; ++b) scores[l][h][b] = std::exp(-0.2 * b) * (1 + l + h);
+    }
+  }
+  Budget budget;
+  budget.key_avg_bits = 0;  // informational only with key_bytes
+  budget.value_bits = 3;
+  budget.key_bytes = 64 * 3 / 8 + 2;  // uniform K3's
+  budget.max_key_groups = 3;
+  absl::StatusOr<ModelProfile> p = BuildProfileFromScores(g, budget, scores);
+  ASSERT_TRUE(p.ok()) << p.status();
+  for (int l = 0; l < 2; ++l) {
+    for (int h = 0; h < 2; ++h) {
+      const HeadPlan& hp = p->layers[l].heads[h];
+      const int key_part = hp.layout.record_bytes - 2 - (64 * 3 + 7) / 8;  // less the value norm and codes
+      EXPECT_LE(key_part, budget.key_bytes);
+      EXPECT_LE(hp.key_groups.size(), 3u);
+      ByteBudgetOptions o;
+      o.key_bytes = budget.key_bytes;
+      o.max_groups = 3;
+      EXPECT_EQ(hp.block_bits, *AllocateBitsForBytes(scores[l][h], o));
+    }
+  }
+  budget.key_group_multiple = 3;
+  EXPECT_EQ(BuildProfileFromScores(g, budget, scores).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -47,6 +47,9 @@ void ExpectSame(const ModelProfile& a, const ModelProfile& b) {
   EXPECT_EQ(a.budget.score, b.budget.score);
   EXPECT_EQ(a.budget.seed, b.budget.seed);
   EXPECT_EQ(a.budget.min_rotation_dim, b.budget.min_rotation_dim);
+  EXPECT_EQ(a.budget.key_bytes, b.budget.key_bytes);
+  EXPECT_EQ(a.budget.max_key_groups, b.budget.max_key_groups);
+  EXPECT_EQ(a.budget.key_group_multiple, b.budget.key_group_multiple);
   ASSERT_EQ(a.layers.size(), b.layers.size());
   for (size_t l = 0; l < a.layers.size(); ++l) {
     for (size_t h = 0; h < a.layers[l].heads.size(); ++h) {
@@ -84,6 +87,28 @@ TEST(ProfileIoTest, RoundTripsThroughProtoAndFile) {
   ASSERT_TRUE(loaded.ok()) << loaded.status();
   ExpectSame(p, *loaded);
   std::filesystem::remove(path);
+}
+
+// A budget in bytes survives the round trip; a profile written before
+// the byte-budget fields existed (all three 0 on the wire) loads with the
+// defaults.
+TEST(ProfileIoTest, ByteBudgetsRoundTripAndOldProfilesGetDefaults) {
+  ModelProfile p = MakeProfile();
+  p.budget.key_bytes = 12;
+  p.budget.max_key_groups = 3;
+  p.budget.key_group_multiple = 4;
+  absl::StatusOr<ModelProfile> back = ProfileFromProto(ProfileToProto(p));
+  ASSERT_TRUE(back.ok()) << back.status();
+  ExpectSame(p, *back);
+  ropekv::v1::Profile old = ProfileToProto(MakeProfile());
+  old.mutable_budget()->clear_key_bytes();
+  old.mutable_budget()->clear_max_key_groups();
+  old.mutable_budget()->clear_key_group_multiple();
+  absl::StatusOr<ModelProfile> loaded = ProfileFromProto(old);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->budget.key_bytes, 0);
+  EXPECT_EQ(loaded->budget.max_key_groups, 8);
+  EXPECT_EQ(loaded->budget.key_group_multiple, 2);
 }
 
 // A profile written before the levels were rounded to fp16 carries the
