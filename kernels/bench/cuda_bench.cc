@@ -5,6 +5,7 @@
 // and the copy bandwidth on the same GPU for the ratios (bench/report.py).
 //
 //   ropekv_cuda_bench --benchmark_format=json > cuda_bench.json
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -26,7 +27,16 @@ Backend* Gpu() {
   return gpu;
 }
 
-planner::ModelProfile Profile(int q_heads, int kv_heads, int bits) {
+// Score profiles of the plans benchmarked: the attention kernel's cost
+// depends on how many key groups (widths) a plan has.
+enum class PlanShape {
+  kLognormal = 0,   // scores lognormal(0, 2) per block: 6-8 groups, any sizes
+  kRopeDecay = 1,   // a RoPE-like spectrum (energy falls with block frequency),
+                    // byte-aware at uniform's bytes, groups in multiples of 16 dims
+  kMostGroups = 2,  // a steep spectrum: every width 1-8, the most groups there are
+};
+
+planner::ModelProfile Profile(int q_heads, int kv_heads, int bits, PlanShape shape = PlanShape::kLognormal) {
   planner::ModelGeometry g;
   g.num_layers = 1;
   g.num_q_heads = q_heads;
@@ -35,12 +45,31 @@ planner::ModelProfile Profile(int q_heads, int kv_heads, int bits) {
   g.rotary_dim = 128;
   std::mt19937 gen(1);
   std::lognormal_distribution<double> e(0, 2);
+  std::uniform_real_distribution<double> jitter(0.8, 1.25);
   planner::PerHead scores(1, std::vector<std::vector<double>>(kv_heads, std::vector<double>(64)));
-  for (auto& h : scores[0]) for (double& x : h) x = e(gen);
+  for (auto& h : scores[0]) {
+    for (int i = 0; i < 64; ++i) {
+      switch (shape) {
+        case PlanShape::kLognormal: h[i] = e(gen); break;
+        case PlanShape::kRopeDecay: h[i] = std::exp(-i / 12.0) * jitter(gen) + 1e-3; break;
+        case PlanShape::kMostGroups: h[i] = std::exp(-i / 3.0); break;
+      }
+    }
+  }
   planner::Budget b;
   b.key_avg_bits = bits;
   b.value_bits = bits;
+  if (shape == PlanShape::kRopeDecay) {
+    b.key_bytes = (128 * bits + 7) / 8 + 2;  // uniform Kb's key bytes
+    b.key_group_multiple = 16;
+  }
   return *planner::BuildProfileFromScores(g, b, scores);
+}
+
+int MaxKeyGroups(const planner::LayerPlan& plan) {
+  size_t n = 0;
+  for (const planner::HeadPlan& h : plan.heads) n = std::max(n, h.key_groups.size());
+  return static_cast<int>(n);
 }
 
 // Pages on the device filled by the real encoder (chunks of 64K tokens).
@@ -88,7 +117,8 @@ void BM_Attend(benchmark::State& state) {
   const int qh = static_cast<int>(state.range(0)), kvh = static_cast<int>(state.range(1));
   const int bits = static_cast<int>(state.range(2));
   const int64_t tokens = state.range(3);
-  const planner::ModelProfile p = Profile(qh, kvh, bits);
+  const auto shape = static_cast<PlanShape>(state.range(4));
+  const planner::ModelProfile p = Profile(qh, kvh, bits, shape);
   DeviceLayer layer;
   if (!Fill(p.layers[0], tokens, &layer)) {
     state.SkipWithError("fill failed");
@@ -124,6 +154,8 @@ void BM_Attend(benchmark::State& state) {
   state.counters["GBps"] = layer.packed_bytes / us / 1e3;
   state.counters["tokens"] = static_cast<double>(tokens);
   state.counters["bits"] = bits;
+  state.counters["plan_shape"] = static_cast<double>(shape);
+  state.counters["key_groups"] = MaxKeyGroups(p.layers[0]);
 }
 
 // Args: kv heads, bits, tokens.
@@ -165,8 +197,11 @@ void BM_Encode(benchmark::State& state) {
 void AttendArgs(benchmark::internal::Benchmark* b) {
   for (auto [qh, kvh] : {std::pair{16, 2}, std::pair{32, 8}}) {
     for (int bits : {2, 3, 4}) {
-      for (int64_t t : {4096, 32768, 131072, 524288}) b->Args({qh, kvh, bits, t});
+      for (int64_t t : {4096, 32768, 131072, 524288}) b->Args({qh, kvh, bits, t, 0});
     }
+  }
+  for (int shape : {1, 2}) {
+    for (int64_t t : {4096, 32768, 131072, 524288}) b->Args({16, 2, 3, t, shape});
   }
 }
 

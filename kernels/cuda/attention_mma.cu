@@ -353,6 +353,120 @@ __host__ __device__ constexpr size_t SharedBytes(int d, int nt, int max_record_b
          (tiles > combine ? tiles : combine);
 }
 
+// ---- The merge inside the launch (AttendParams::merge) ----
+
+// Whether this block is the last of `members` to arrive at `counter`; the
+// last one resets it for the next launch. The fences order each block's
+// writes before its arrival and the last block's reads after it.
+__device__ __forceinline__ bool ArriveLast(int* counter, int members) {
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1) == members - 1;
+    if (last) *counter = 0;  // every member has arrived: nothing else touches it in this launch
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+// Merges states first .. first + n - 1 (n <= kMergeFanIn) of `rows` rows:
+// out = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max lse), as
+// MergeKernel. State s, row r sits at out[(s * rows + r) * D] and
+// lse[s * rows + r]. Written back normalised: to a run state (dst_out,
+// dst_lse) or, with value_rotation, un-rotated to the call's outputs.
+// Other blocks wrote the inputs: read through L2 (__ldcg), not L1.
+// scratch: shared memory for kMergeFanIn x 16 weights + 16 x D floats.
+template <int D, int kMaxRows>
+__device__ void MergeStates(const float* out, const float* lse, int first, int n, int rows, float* dst_out,
+                            float* dst_lse, const float* value_rotation, float* scratch) {
+  const int tid = threadIdx.x;
+  float* w = scratch;                       // [kMergeFanIn][kMaxRows]
+  float* total = w + kMergeFanIn * kMaxRows;  // [kMaxRows] weight sums
+  float* top = total + kMaxRows;              // [kMaxRows] max lse
+  float* o = top + kMaxRows;                  // [kMaxRows][D] merged, normalised
+  if (tid < rows) {
+    float m = -INFINITY;
+    for (int s = 0; s < n; ++s) m = fmaxf(m, __ldcg(lse + (first + s) * rows + tid));
+    float sum = 0.0f;
+    for (int s = 0; s < n; ++s) {
+      const float x = m == -INFINITY ? 0.0f : __expf(__ldcg(lse + (first + s) * rows + tid) - m);
+      w[s * kMaxRows + tid] = x;
+      sum += x;
+    }
+    total[tid] = sum;
+    top[tid] = m;
+  }
+  __syncthreads();
+  for (int e = tid; e < rows * (D / 4); e += kThreads) {
+    const int r = e / (D / 4), j = 4 * (e % (D / 4));
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+    for (int s = 0; s < n; ++s) {
+      const float x = w[s * kMaxRows + r];
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(out + (static_cast<long long>(first + s) * rows + r) * D + j));
+      acc.x = fmaf(x, v.x, acc.x);
+      acc.y = fmaf(x, v.y, acc.y);
+      acc.z = fmaf(x, v.z, acc.z);
+      acc.w = fmaf(x, v.w, acc.w);
+    }
+    const float inv = total[r] > 0.0f ? 1.0f / total[r] : 0.0f;
+    acc = make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+    if (value_rotation == nullptr) {
+      *reinterpret_cast<float4*>(dst_out + r * D + j) = acc;
+    } else {
+      *reinterpret_cast<float4*>(o + r * D + j) = acc;
+    }
+  }
+  if (tid < rows) dst_lse[tid] = total[tid] > 0.0f ? top[tid] + logf(total[tid]) : -INFINITY;
+  if (value_rotation == nullptr) return;
+  __syncthreads();
+  // out = R_v^T o: entry (j, k) of R_v^T is R_v[k][j]; each rotation entry
+  // is loaded once for all rows.
+  for (int j = tid; j < D; j += kThreads) {
+    float acc[kMaxRows];
+#pragma unroll
+    for (int r = 0; r < kMaxRows; ++r) acc[r] = 0.0f;
+#pragma unroll 4
+    for (int k = 0; k < D; ++k) {
+      const float x = __ldg(value_rotation + k * D + j);
+#pragma unroll
+      for (int r = 0; r < kMaxRows; ++r) acc[r] = fmaf(x, o[r * D + k], acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < kMaxRows; ++r)
+      if (r < rows) dst_out[r * D + j] = acc[r];
+  }
+}
+
+// After a block has written its split's state: the last split of its run
+// merges the run, and the last run of the head merges the runs into the
+// call's outputs. rows <= 8 NT (one pass); scratch: the free tile stages.
+template <int D, int NT>
+__device__ __forceinline__ void MergeIfLast(const AttendParams& p, int split, int h, float* scratch) {
+  const MergeWorkspace& mw = p.merge;
+  const int rows = p.rows, S = p.num_splits;
+  const int runs = (S + kMergeFanIn - 1) / kMergeFanIn, run = split / kMergeFanIn;
+  int* counters = mw.counters + h * (1 + kMergeFanIn);
+  const float* part_out = p.partial_out + static_cast<long long>(h) * S * rows * D;
+  const float* part_lse = p.partial_lse + static_cast<long long>(h) * S * rows;
+  float* out = mw.merged_out + static_cast<long long>(h) * rows * D;
+  float* lse = mw.merged_lse + static_cast<long long>(h) * rows;
+  const float* rotation = p.heads[h].value_rotation;
+  if (runs == 1) {
+    if (ArriveLast(counters, S)) MergeStates<D, 8 * NT>(part_out, part_lse, 0, S, rows, out, lse, rotation, scratch);
+    return;
+  }
+  const int members = min(kMergeFanIn, S - run * kMergeFanIn);
+  if (!ArriveLast(counters + 1 + run, members)) return;
+  float* run_out = mw.run_out + static_cast<long long>(h) * kMergeFanIn * rows * D;
+  float* run_lse = mw.run_lse + static_cast<long long>(h) * kMergeFanIn * rows;
+  MergeStates<D, 8 * NT>(part_out, part_lse, run * kMergeFanIn, members, rows, run_out + run * rows * D,
+                         run_lse + run * rows, nullptr, scratch);
+  if (ArriveLast(counters, runs)) MergeStates<D, 8 * NT>(run_out, run_lse, 0, runs, rows, out, lse, rotation, scratch);
+}
+
 // One block: one split of one KV head of one item; rows in passes of 8 NT.
 template <int D, int NT>
 __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int split, const int h) {
@@ -687,6 +801,10 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
       if (dim == 0) p.partial_lse[out] = lsum > 0.0f ? (mm + log2f(lsum)) / kLog2e : -INFINITY;
     }
   }
+  if (p.merge.merged_out != nullptr) {
+    __syncthreads();  // the stages are free again
+    MergeIfLast<D, NT>(p, split, h, reinterpret_cast<float*>(stages));
+  }
 }
 
 template <int D, int NT>
@@ -726,6 +844,8 @@ void AttendMmaTableImage(const int* key_bits, const float* const* key_centroids,
   for (int g = 0; g < num_groups; ++g) FillLevelTable(image + offsets[g], key_centroids[g], key_bits[g]);
   FillLevelTable(image + offsets[kMaxGroups], value_centroids, value_bits);
 }
+
+bool AttendMmaMergesItself(int rows) { return rows <= 8 * RowTiles(rows); }
 
 bool AttendMmaSupports(int head_dim, int rows, int max_record_bytes, int table_bytes) {
   if (head_dim != 64 && head_dim != 128 && head_dim != 256) return false;

@@ -114,6 +114,27 @@ struct RotateQueryParams {
   float* rotated;        // [num_kv_heads, group * q_len, head_dim]
 };
 
+// Splits are merged in two levels of at most kMergeFanIn states: the last
+// block of each run of kMergeFanIn splits merges the run, the last run to
+// finish merges the runs (kMaxSplits <= kMergeFanIn^2).
+inline constexpr int kMergeFanIn = 32;
+static_assert(kMaxSplits <= kMergeFanIn * kMergeFanIn, "two merge levels cover every split");
+
+struct MergeWorkspace {
+  float* merged_out = nullptr;  // [num_kv_heads * rows, head_dim]: query head, position, dimension
+  float* merged_lse = nullptr;  // [num_kv_heads * rows]
+  // [num_kv_heads][1 + kMergeFanIn] arrival counts (the head's, then one
+  // per run): zero before a launch, and left zero by it.
+  int* counters = nullptr;
+  float* run_out = nullptr;  // [num_kv_heads, kMergeFanIn, rows, head_dim]
+  float* run_lse = nullptr;  // [num_kv_heads, kMergeFanIn, rows]
+};
+// Counters and run states of one item's merge.
+inline constexpr size_t MergeCounterInts(int num_kv_heads) { return static_cast<size_t>(num_kv_heads) * (1 + kMergeFanIn); }
+inline constexpr size_t MergeRunFloats(int num_kv_heads, int rows, int head_dim) {
+  return static_cast<size_t>(num_kv_heads) * kMergeFanIn * rows * (head_dim + 1);
+}
+
 struct AttendParams {
   const HeadPlanDevice* heads;
   int num_kv_heads;
@@ -134,6 +155,11 @@ struct AttendParams {
   int table_bytes;       // tensor-core path: decode tables in shared memory, max over heads
   float* partial_out;  // [num_kv_heads, num_splits, rows, head_dim], rotated space
   float* partial_lse;  // [num_kv_heads, num_splits, rows]
+  // The merge inside the launch (tensor-core kernel, AttendMmaMergesItself):
+  // when merged_out is set, the last block of each KV head to finish merges
+  // the head's splits and un-rotates them into merged_out / merged_lse,
+  // which then hold what MergeKernel would write; no merge launch follows.
+  MergeWorkspace merge;
 };
 
 struct MergeParams {
@@ -178,6 +204,9 @@ cudaError_t LaunchMergeBatch(const MergeParams* device_items, const AttendBatchS
 // copied with 16-byte cp.async and never straddle a page), and the tiles of
 // the widest record fit in shared memory (AttendMmaSupports).
 cudaError_t LaunchAttendMma(const AttendParams& p, cudaStream_t stream);
+// Whether the tensor-core kernel can merge its own splits (p.merge): one
+// pass of query rows (at most 16).
+bool AttendMmaMergesItself(int rows);
 bool AttendMmaSupports(int head_dim, int rows, int max_record_bytes, int table_bytes);
 // Shared-memory bytes of one head's decode tables (key group widths, value width).
 int AttendMmaTableBytes(const int* key_bits, int num_groups, int value_bits);

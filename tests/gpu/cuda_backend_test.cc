@@ -390,7 +390,9 @@ INSTANTIATE_TEST_SUITE_P(
                       AttendCase{256, 1, 16, 1, false, 4.0, 4, 128, 2000},
                       AttendCase{128, 1, 24, 1, true, 6.0, 8, 64, 1000},
                       AttendCase{128, 2, 8, 3, true, 1.0, 1, 64, 130},
-                      AttendCase{64, 2, 2, 1, false, 3.0, 3, 64, 1}),
+                      AttendCase{64, 2, 2, 1, false, 3.0, 3, 64, 1},
+                      // Hundreds of splits: the merge inside the launch in two levels.
+                      AttendCase{128, 2, 8, 1, false, 3.0, 3, 256, 131072}),
     [](const ::testing::TestParamInfo<AttendCase>& i) {
       const AttendCase& c = i.param;
       return absl::StrCat("d", c.d, "_kv", c.kv, "_g", c.group, "_q", c.q_len, c.causal ? "_causal" : "",
