@@ -353,7 +353,7 @@ __host__ __device__ constexpr size_t SharedBytes(int d, int nt, int max_record_b
          (tiles > combine ? tiles : combine);
 }
 
-// ---- The merge inside the launch (AttendParams::merge) ----
+// ---- The call in one launch (AttendParams::fused) ----
 
 // Whether this block is the last of `members` to arrive at `counter`; the
 // last one resets it for the next launch. The fences order each block's
@@ -369,6 +369,49 @@ __device__ __forceinline__ bool ArriveLast(int* counter, int members) {
   __syncthreads();
   if (last) __threadfence();
   return last;
+}
+
+// Every block of the head has finished: the rotation's counters are free
+// for the next launch.
+__device__ __forceinline__ void ResetRotation(int* counters) {
+  if (threadIdx.x == 0) {
+    counters[kFusedStarted] = 0;
+    counters[kFusedRowsRotated] = 0;
+  }
+}
+
+// Before a block reads the rotated queries of head h: with p.fused.queries,
+// the first min(splits, rows) blocks of the head to start rotate its rows
+// (block a: rows a, a + workers, ..) and every block waits until all are
+// rotated. Only blocks already running are waited for, so this cannot
+// deadlock whatever order blocks are scheduled in. Without, the rotation
+// launch before this one wrote them.
+__device__ __forceinline__ void RotateOrWait(const AttendParams& p, int h, float* scratch) {
+  // The launch before this one (rotation, or the last call's attention,
+  // which leaves the counters zero) has finished and its writes are seen.
+  WaitForPrerequisite();
+  const FusedCall& f = p.fused;
+  if (f.queries == nullptr) return;
+  int* counters = f.counters + h * kFusedCounters;
+  __shared__ int arrival;
+  if (threadIdx.x == 0) arrival = atomicAdd(counters + kFusedStarted, 1);
+  __syncthreads();
+  const int rows = p.rows, workers = min(p.num_splits, rows);
+  if (arrival < workers) {
+    int done = 0;
+    for (int r = arrival; r < rows; r += workers, ++done) {
+      const long long at = (static_cast<long long>(h) * rows + r) * p.head_dim;
+      RotateQueryRow(p.heads[h], p.head_dim, f.queries + at, p.rotated + at, scratch);
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) atomicAdd(counters + kFusedRowsRotated, done);
+  }
+  if (threadIdx.x == 0) {
+    while (*reinterpret_cast<volatile int*>(counters + kFusedRowsRotated) < rows) __nanosleep(64);
+  }
+  __syncthreads();
+  __threadfence();
 }
 
 // Merges states first .. first + n - 1 (n <= kMergeFanIn) of `rows` rows:
@@ -445,26 +488,32 @@ __device__ void MergeStates(const float* out, const float* lse, int first, int n
 // call's outputs. rows <= 8 NT (one pass); scratch: the free tile stages.
 template <int D, int NT>
 __device__ __forceinline__ void MergeIfLast(const AttendParams& p, int split, int h, float* scratch) {
-  const MergeWorkspace& mw = p.merge;
+  const FusedCall& mw = p.fused;
   const int rows = p.rows, S = p.num_splits;
   const int runs = (S + kMergeFanIn - 1) / kMergeFanIn, run = split / kMergeFanIn;
-  int* counters = mw.counters + h * (1 + kMergeFanIn);
+  int* counters = mw.counters + h * kFusedCounters;
   const float* part_out = p.partial_out + static_cast<long long>(h) * S * rows * D;
   const float* part_lse = p.partial_lse + static_cast<long long>(h) * S * rows;
   float* out = mw.merged_out + static_cast<long long>(h) * rows * D;
   float* lse = mw.merged_lse + static_cast<long long>(h) * rows;
   const float* rotation = p.heads[h].value_rotation;
   if (runs == 1) {
-    if (ArriveLast(counters, S)) MergeStates<D, 8 * NT>(part_out, part_lse, 0, S, rows, out, lse, rotation, scratch);
+    if (ArriveLast(counters + kFusedHeadDone, S)) {
+      ResetRotation(counters);
+      MergeStates<D, 8 * NT>(part_out, part_lse, 0, S, rows, out, lse, rotation, scratch);
+    }
     return;
   }
   const int members = min(kMergeFanIn, S - run * kMergeFanIn);
-  if (!ArriveLast(counters + 1 + run, members)) return;
+  if (!ArriveLast(counters + kFusedRunDone + run, members)) return;
   float* run_out = mw.run_out + static_cast<long long>(h) * kMergeFanIn * rows * D;
   float* run_lse = mw.run_lse + static_cast<long long>(h) * kMergeFanIn * rows;
   MergeStates<D, 8 * NT>(part_out, part_lse, run * kMergeFanIn, members, rows, run_out + run * rows * D,
                          run_lse + run * rows, nullptr, scratch);
-  if (ArriveLast(counters, runs)) MergeStates<D, 8 * NT>(run_out, run_lse, 0, runs, rows, out, lse, rotation, scratch);
+  if (ArriveLast(counters + kFusedHeadDone, runs)) {
+    ResetRotation(counters);
+    MergeStates<D, 8 * NT>(run_out, run_lse, 0, runs, rows, out, lse, rotation, scratch);
+  }
 }
 
 // One block: one split of one KV head of one item; rows in passes of 8 NT.
@@ -566,7 +615,7 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
 
   // The rotated queries. (No early launch of the merge: its waiting blocks
   // would take the place of attention blocks.)
-  WaitForPrerequisite();
+  RotateOrWait(p, h, reinterpret_cast<float*>(stages));
   for (int row0 = 0; row0 < p.rows; row0 += kRowsPerPass) {
     __syncthreads();  // tables written; previous pass done with qfrag and the stages
     // Query fragments: k-step s of group g, n-tile nt, lane (r, c): row
@@ -586,7 +635,9 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             const bool ok = row < p.rows && first + i < g_dim;
-            x[i] = ok ? qscale * p.rotated[(static_cast<long long>(h) * p.rows + row) * D + g_off + first + i] : 0.0f;
+            // Through L2: other blocks of this launch may have written them.
+            x[i] = ok ? qscale * __ldcg(p.rotated + (static_cast<long long>(h) * p.rows + row) * D + g_off + first + i)
+                      : 0.0f;
           }
           float hi[4];
 #pragma unroll
@@ -801,7 +852,7 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
       if (dim == 0) p.partial_lse[out] = lsum > 0.0f ? (mm + log2f(lsum)) / kLog2e : -INFINITY;
     }
   }
-  if (p.merge.merged_out != nullptr) {
+  if (p.fused.merged_out != nullptr) {
     __syncthreads();  // the stages are free again
     MergeIfLast<D, NT>(p, split, h, reinterpret_cast<float*>(stages));
   }
@@ -845,7 +896,7 @@ void AttendMmaTableImage(const int* key_bits, const float* const* key_centroids,
   FillLevelTable(image + offsets[kMaxGroups], value_centroids, value_bits);
 }
 
-bool AttendMmaMergesItself(int rows) { return rows <= 8 * RowTiles(rows); }
+bool AttendMmaFusesCall(int rows) { return rows <= 8 * RowTiles(rows); }
 
 bool AttendMmaSupports(int head_dim, int rows, int max_record_bytes, int table_bytes) {
   if (head_dim != 64 && head_dim != 128 && head_dim != 256) return false;

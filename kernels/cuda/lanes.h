@@ -53,9 +53,9 @@ inline cudaError_t EnsureZeroed(DeviceBuffer& b, size_t bytes, cudaStream_t stre
 
 // The device pointers of one AttendBatch group's launches.
 struct BatchLaunch {
-  const dev::RotateQueryParams* rotate = nullptr;
+  const dev::RotateQueryParams* rotate = nullptr;  // null: the attention launch rotates
   const dev::AttendParams* attend = nullptr;
-  const dev::MergeParams* merge = nullptr;  // null: the attention launch merges
+  const dev::MergeParams* merge = nullptr;         // null: the attention launch merges
   dev::AttendBatchShape shape{};
 };
 
@@ -66,7 +66,7 @@ struct BatchLaunch {
 struct Lane {
   cudaStream_t stream = nullptr;
   DeviceBuffer in_k, in_v, out_k, out_v, page_table, rotated, partial_out, partial_lse, out, lse, flag;
-  // The merge inside the attention launch: arrival counters and run states.
+  // A call in one attention launch: its counters and merge run states.
   DeviceBuffer merge_counters, merge_runs;
   // AttendBatch: inputs [queries | page tables | launch parameters] and
   // outputs [out | lse], each laid out as its pinned twin (one copy each way).
@@ -80,7 +80,7 @@ struct Lane {
   bool last_attend_mma = false;
   BatchLaunch last_batch;
   dev::MergeParams last_merge = {};
-  bool last_merge_fused = false;  // the attention launch merged (no merge launch)
+  bool last_fused = false;  // the attention launch was the whole call (no rotation or merge launch)
 
   ~Lane() {
     for (DeviceBuffer* b : {&in_k, &in_v, &out_k, &out_v, &page_table, &rotated, &partial_out, &partial_lse,
