@@ -429,12 +429,19 @@ __device__ void MergeStates(const float* out, const float* lse, int first, int n
   float* total = w + kMergeFanIn * kMaxRows;  // [kMaxRows] weight sums
   float* top = total + kMaxRows;              // [kMaxRows] max lse
   float* o = top + kMaxRows;                  // [kMaxRows][D] merged, normalised
+  // The lse values, all loads in flight at once (a row's loop over them
+  // in L2 would be a chain of n round trips), then weights per row.
+  for (int e = tid; e < n * rows; e += kThreads) {
+    const int s = e / rows, r = e % rows;
+    w[s * kMaxRows + r] = __ldcg(lse + (first + s) * rows + r);
+  }
+  __syncthreads();
   if (tid < rows) {
     float m = -INFINITY;
-    for (int s = 0; s < n; ++s) m = fmaxf(m, __ldcg(lse + (first + s) * rows + tid));
+    for (int s = 0; s < n; ++s) m = fmaxf(m, w[s * kMaxRows + tid]);
     float sum = 0.0f;
     for (int s = 0; s < n; ++s) {
-      const float x = m == -INFINITY ? 0.0f : __expf(__ldcg(lse + (first + s) * rows + tid) - m);
+      const float x = m == -INFINITY ? 0.0f : __expf(w[s * kMaxRows + tid] - m);
       w[s * kMaxRows + tid] = x;
       sum += x;
     }
@@ -471,7 +478,7 @@ __device__ void MergeStates(const float* out, const float* lse, int first, int n
     float acc[kMaxRows];
 #pragma unroll
     for (int r = 0; r < kMaxRows; ++r) acc[r] = 0.0f;
-#pragma unroll 4
+#pragma unroll 16  // loads in flight
     for (int k = 0; k < D; ++k) {
       const float x = __ldg(value_rotation + k * D + j);
 #pragma unroll
