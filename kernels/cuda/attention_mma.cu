@@ -41,6 +41,9 @@
 
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/dispatch.cuh"
+#ifndef ROPEKV_EARLY_TRIGGER
+#define ROPEKV_EARLY_TRIGGER 0
+#endif
 
 namespace ropekv::kernels::cuda {
 namespace {
@@ -353,176 +356,6 @@ __host__ __device__ constexpr size_t SharedBytes(int d, int nt, int max_record_b
          (tiles > combine ? tiles : combine);
 }
 
-// ---- The call in one launch (AttendParams::fused) ----
-
-// Whether this block is the last of `members` to arrive at `counter`; the
-// last one resets it for the next launch. The fences order each block's
-// writes before its arrival and the last block's reads after it.
-__device__ __forceinline__ bool ArriveLast(int* counter, int members) {
-  __shared__ int last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    last = atomicAdd(counter, 1) == members - 1;
-    if (last) *counter = 0;  // every member has arrived: nothing else touches it in this launch
-  }
-  __syncthreads();
-  if (last) __threadfence();
-  return last;
-}
-
-// Every block of the head has finished: the rotation's counters are free
-// for the next launch.
-__device__ __forceinline__ void ResetRotation(int* counters) {
-  if (threadIdx.x == 0) {
-    counters[kFusedStarted] = 0;
-    counters[kFusedRowsRotated] = 0;
-  }
-}
-
-// Before a block reads the rotated queries of head h: with p.fused.queries,
-// the first min(splits, rows) blocks of the head to start rotate its rows
-// (block a: rows a, a + workers, ..) and every block waits until all are
-// rotated. Only blocks already running are waited for, so this cannot
-// deadlock whatever order blocks are scheduled in. Without, the rotation
-// launch before this one wrote them.
-__device__ __forceinline__ void RotateOrWait(const AttendParams& p, int h, float* scratch) {
-  // The launch before this one (rotation, or the last call's attention,
-  // which leaves the counters zero) has finished and its writes are seen.
-  WaitForPrerequisite();
-  const FusedCall& f = p.fused;
-  if (f.queries == nullptr) return;
-  int* counters = f.counters + h * kFusedCounters;
-  __shared__ int arrival;
-  if (threadIdx.x == 0) arrival = atomicAdd(counters + kFusedStarted, 1);
-  __syncthreads();
-  const int rows = p.rows, workers = min(p.num_splits, rows);
-  if (arrival < workers) {
-    int done = 0;
-    for (int r = arrival; r < rows; r += workers, ++done) {
-      const long long at = (static_cast<long long>(h) * rows + r) * p.head_dim;
-      RotateQueryRow(p.heads[h], p.head_dim, f.queries + at, p.rotated + at, scratch);
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) atomicAdd(counters + kFusedRowsRotated, done);
-  }
-  if (threadIdx.x == 0) {
-    while (*reinterpret_cast<volatile int*>(counters + kFusedRowsRotated) < rows) __nanosleep(64);
-  }
-  __syncthreads();
-  __threadfence();
-}
-
-// Merges states first .. first + n - 1 (n <= kMergeFanIn) of `rows` rows:
-// out = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max lse), as
-// MergeKernel. State s, row r sits at out[(s * rows + r) * D] and
-// lse[s * rows + r]. Written back normalised: to a run state (dst_out,
-// dst_lse) or, with value_rotation, un-rotated to the call's outputs.
-// Other blocks wrote the inputs: read through L2 (__ldcg), not L1.
-// scratch: shared memory for kMergeFanIn x 16 weights + 16 x D floats.
-template <int D, int kMaxRows>
-__device__ void MergeStates(const float* out, const float* lse, int first, int n, int rows, float* dst_out,
-                            float* dst_lse, const float* value_rotation, float* scratch) {
-  const int tid = threadIdx.x;
-  float* w = scratch;                       // [kMergeFanIn][kMaxRows]
-  float* total = w + kMergeFanIn * kMaxRows;  // [kMaxRows] weight sums
-  float* top = total + kMaxRows;              // [kMaxRows] max lse
-  float* o = top + kMaxRows;                  // [kMaxRows][D] merged, normalised
-  // The lse values, all loads in flight at once (a row's loop over them
-  // in L2 would be a chain of n round trips), then weights per row.
-  for (int e = tid; e < n * rows; e += kThreads) {
-    const int s = e / rows, r = e % rows;
-    w[s * kMaxRows + r] = __ldcg(lse + (first + s) * rows + r);
-  }
-  __syncthreads();
-  if (tid < rows) {
-    float m = -INFINITY;
-    for (int s = 0; s < n; ++s) m = fmaxf(m, w[s * kMaxRows + tid]);
-    float sum = 0.0f;
-    for (int s = 0; s < n; ++s) {
-      const float x = m == -INFINITY ? 0.0f : __expf(w[s * kMaxRows + tid] - m);
-      w[s * kMaxRows + tid] = x;
-      sum += x;
-    }
-    total[tid] = sum;
-    top[tid] = m;
-  }
-  __syncthreads();
-  for (int e = tid; e < rows * (D / 4); e += kThreads) {
-    const int r = e / (D / 4), j = 4 * (e % (D / 4));
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-    for (int s = 0; s < n; ++s) {
-      const float x = w[s * kMaxRows + r];
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(out + (static_cast<long long>(first + s) * rows + r) * D + j));
-      acc.x = fmaf(x, v.x, acc.x);
-      acc.y = fmaf(x, v.y, acc.y);
-      acc.z = fmaf(x, v.z, acc.z);
-      acc.w = fmaf(x, v.w, acc.w);
-    }
-    const float inv = total[r] > 0.0f ? 1.0f / total[r] : 0.0f;
-    acc = make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-    if (value_rotation == nullptr) {
-      *reinterpret_cast<float4*>(dst_out + r * D + j) = acc;
-    } else {
-      *reinterpret_cast<float4*>(o + r * D + j) = acc;
-    }
-  }
-  if (tid < rows) dst_lse[tid] = total[tid] > 0.0f ? top[tid] + logf(total[tid]) : -INFINITY;
-  if (value_rotation == nullptr) return;
-  __syncthreads();
-  // out = R_v^T o: entry (j, k) of R_v^T is R_v[k][j]; each rotation entry
-  // is loaded once for all rows.
-  for (int j = tid; j < D; j += kThreads) {
-    float acc[kMaxRows];
-#pragma unroll
-    for (int r = 0; r < kMaxRows; ++r) acc[r] = 0.0f;
-#pragma unroll 16  // loads in flight
-    for (int k = 0; k < D; ++k) {
-      const float x = __ldg(value_rotation + k * D + j);
-#pragma unroll
-      for (int r = 0; r < kMaxRows; ++r) acc[r] = fmaf(x, o[r * D + k], acc[r]);
-    }
-#pragma unroll
-    for (int r = 0; r < kMaxRows; ++r)
-      if (r < rows) dst_out[r * D + j] = acc[r];
-  }
-}
-
-// After a block has written its split's state: the last split of its run
-// merges the run, and the last run of the head merges the runs into the
-// call's outputs. rows <= 8 NT (one pass); scratch: the free tile stages.
-template <int D, int NT>
-__device__ __forceinline__ void MergeIfLast(const AttendParams& p, int split, int h, float* scratch) {
-  const FusedCall& mw = p.fused;
-  const int rows = p.rows, S = p.num_splits;
-  const int runs = (S + kMergeFanIn - 1) / kMergeFanIn, run = split / kMergeFanIn;
-  int* counters = mw.counters + h * kFusedCounters;
-  const float* part_out = p.partial_out + static_cast<long long>(h) * S * rows * D;
-  const float* part_lse = p.partial_lse + static_cast<long long>(h) * S * rows;
-  float* out = mw.merged_out + static_cast<long long>(h) * rows * D;
-  float* lse = mw.merged_lse + static_cast<long long>(h) * rows;
-  const float* rotation = p.heads[h].value_rotation;
-  if (runs == 1) {
-    if (ArriveLast(counters + kFusedHeadDone, S)) {
-      ResetRotation(counters);
-      MergeStates<D, 8 * NT>(part_out, part_lse, 0, S, rows, out, lse, rotation, scratch);
-    }
-    return;
-  }
-  const int members = min(kMergeFanIn, S - run * kMergeFanIn);
-  if (!ArriveLast(counters + kFusedRunDone + run, members)) return;
-  float* run_out = mw.run_out + static_cast<long long>(h) * kMergeFanIn * rows * D;
-  float* run_lse = mw.run_lse + static_cast<long long>(h) * kMergeFanIn * rows;
-  MergeStates<D, 8 * NT>(part_out, part_lse, run * kMergeFanIn, members, rows, run_out + run * rows * D,
-                         run_lse + run * rows, nullptr, scratch);
-  if (ArriveLast(counters + kFusedHeadDone, runs)) {
-    ResetRotation(counters);
-    MergeStates<D, 8 * NT>(run_out, run_lse, 0, runs, rows, out, lse, rotation, scratch);
-  }
-}
-
 // One block: one split of one KV head of one item; rows in passes of 8 NT.
 template <int D, int NT>
 __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int split, const int h) {
@@ -622,7 +455,10 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
 
   // The rotated queries. (No early launch of the merge: its waiting blocks
   // would take the place of attention blocks.)
-  RotateOrWait(p, h, reinterpret_cast<float*>(stages));
+  WaitForPrerequisite();
+#if ROPEKV_EARLY_TRIGGER == 1
+  AllowDependentLaunch();
+#endif
   for (int row0 = 0; row0 < p.rows; row0 += kRowsPerPass) {
     __syncthreads();  // tables written; previous pass done with qfrag and the stages
     // Query fragments: k-step s of group g, n-tile nt, lane (r, c): row
@@ -642,9 +478,7 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             const bool ok = row < p.rows && first + i < g_dim;
-            // Through L2: other blocks of this launch may have written them.
-            x[i] = ok ? qscale * __ldcg(p.rotated + (static_cast<long long>(h) * p.rows + row) * D + g_off + first + i)
-                      : 0.0f;
+            x[i] = ok ? qscale * p.rotated[(static_cast<long long>(h) * p.rows + row) * D + g_off + first + i] : 0.0f;
           }
           float hi[4];
 #pragma unroll
@@ -814,6 +648,9 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
       __syncwarp();  // the stage is refilled by the next issue
     }
     CpAsyncWait<0>();
+#if ROPEKV_EARLY_TRIGGER == 2
+    if (row0 + kRowsPerPass >= p.rows) AllowDependentLaunch();
+#endif
 
     // Combine the four warps' states through shared memory (the stages
     // are free now), then write this split's rows.
@@ -859,10 +696,6 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
       if (dim == 0) p.partial_lse[out] = lsum > 0.0f ? (mm + log2f(lsum)) / kLog2e : -INFINITY;
     }
   }
-  if (p.fused.merged_out != nullptr) {
-    __syncthreads();  // the stages are free again
-    MergeIfLast<D, NT>(p, split, h, reinterpret_cast<float*>(stages));
-  }
 }
 
 template <int D, int NT>
@@ -902,8 +735,6 @@ void AttendMmaTableImage(const int* key_bits, const float* const* key_centroids,
   for (int g = 0; g < num_groups; ++g) FillLevelTable(image + offsets[g], key_centroids[g], key_bits[g]);
   FillLevelTable(image + offsets[kMaxGroups], value_centroids, value_bits);
 }
-
-bool AttendMmaFusesCall(int rows) { return rows <= 8 * RowTiles(rows); }
 
 bool AttendMmaSupports(int head_dim, int rows, int max_record_bytes, int table_bytes) {
   if (head_dim != 64 && head_dim != 128 && head_dim != 256) return false;

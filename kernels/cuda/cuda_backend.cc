@@ -207,15 +207,6 @@ class CudaBackend final : public Backend {
     return {splits, per_split};
   }
 
-  // Item k of a launch that is the whole call (workspace sized by the
-  // caller): rotates `queries` (device) and merges into out / lse.
-  static dev::FusedCall WholeCall(const Lane& ln, size_t k, int num_kv, int rows, int d, const float* queries,
-                                  float* out, float* lse) {
-    float* runs = ln.merge_runs.as<float>() + k * dev::MergeRunFloats(num_kv, rows, d);
-    return dev::FusedCall{queries, out, lse, ln.merge_counters.as<int>() + k * dev::FusedCounterInts(num_kv), runs,
-                          runs + static_cast<size_t>(num_kv) * dev::kMergeFanIn * rows * d};
-  }
-
   // The attention kernels' parameters of one item: filled here only, for
   // single calls and batches alike.
   static dev::AttendParams LaunchParams(const DevicePlan& dp, const AttentionParams& a, int64_t end, int rows,
@@ -329,11 +320,6 @@ class CudaBackend final : public Backend {
     RETURN_IF_CUDA(ln.batch_out.Ensure(out_bytes), "staging");
     RETURN_IF_CUDA(ln.pinned_in.Ensure(in_bytes), "pinned staging");
     RETURN_IF_CUDA(ln.pinned_out.Ensure(out_bytes), "pinned staging");
-    const bool fused = dev::AttendMmaFusesCall(rows);
-    if (fused) {
-      RETURN_IF_CUDA(EnsureZeroed(ln.merge_counters, n * dev::FusedCounterInts(num_kv) * 4, ln.stream), "workspace");
-      RETURN_IF_CUDA(ln.merge_runs.Ensure(n * dev::MergeRunFloats(num_kv, rows, d) * 4), "workspace");
-    }
 
     char* const dev_in = ln.batch_in.as<char>();
     float* const dev_out = ln.batch_out.as<float>();
@@ -359,12 +345,11 @@ class CudaBackend final : public Backend {
                            per_split[k], po, pl);
       mp[k] = dev::MergeParams{plans[k]->heads, num_kv, d, group, q_len, static_cast<int>(splits[k]), po, pl,
                                dev_out + k * q_floats, dev_out + n * q_floats + k * lse_floats};
-      if (fused) ap[k].fused = WholeCall(ln, k, num_kv, rows, d, q_dev, mp[k].out, mp[k].lse);
     }
     // One copy up, three launches, one copy down, one synchronisation of
     // this lane's stream.
     RETURN_IF_CUDA(cudaMemcpyAsync(dev_in, ln.pinned_in.ptr, in_bytes, cudaMemcpyHostToDevice, ln.stream), "copy inputs");
-    ln.last_batch = {fused ? nullptr : d_rq, d_ap, fused ? nullptr : d_mp, shape};
+    ln.last_batch = {d_rq, d_ap, d_mp, shape};
     RETURN_IF_CUDA(LaunchBatch(ln, ln.last_batch), "attend launch");
     RETURN_IF_CUDA(cudaMemcpyAsync(ln.pinned_out.ptr, dev_out, out_bytes, cudaMemcpyDeviceToHost, ln.stream), "copy outputs");
     RETURN_IF_CUDA(cudaStreamSynchronize(ln.stream), "attend");
@@ -377,9 +362,9 @@ class CudaBackend final : public Backend {
   }
 
   static cudaError_t LaunchBatch(Lane& ln, const BatchLaunch& b) {
-    cudaError_t e = b.rotate == nullptr ? cudaSuccess : dev::LaunchRotateQueriesBatch(b.rotate, b.shape, ln.stream);
+    cudaError_t e = dev::LaunchRotateQueriesBatch(b.rotate, b.shape, ln.stream);
     if (e == cudaSuccess) e = dev::LaunchAttendMmaBatch(b.attend, b.shape, ln.stream);
-    if (e == cudaSuccess && b.merge != nullptr) e = dev::LaunchMergeBatch(b.merge, b.shape, ln.stream);
+    if (e == cudaSuccess) e = dev::LaunchMergeBatch(b.merge, b.shape, ln.stream);
     return e;
   }
 
@@ -422,13 +407,6 @@ class CudaBackend final : public Backend {
     RETURN_IF_CUDA(ln.partial_lse.Ensure(static_cast<size_t>(num_kv) * splits * rows * 4), "workspace");
     RETURN_IF_CUDA(ln.out.Ensure(q_floats * 4), "staging");
     RETURN_IF_CUDA(ln.lse.Ensure(static_cast<size_t>(a.num_q_heads) * a.q_len * 4), "staging");
-    // The tensor-core kernel does the whole call (rotation, attention,
-    // merge) in one launch where it can.
-    const bool fused = mma && dev::AttendMmaFusesCall(rows);
-    if (fused) {
-      RETURN_IF_CUDA(EnsureZeroed(ln.merge_counters, dev::FusedCounterInts(num_kv) * 4, ln.stream), "workspace");
-      RETURN_IF_CUDA(ln.merge_runs.Ensure(dev::MergeRunFloats(num_kv, rows, d) * 4), "workspace");
-    }
     RETURN_IF_CUDA(cudaMemcpyAsync(ln.in_k.ptr, a.queries, q_floats * 4, cudaMemcpyHostToDevice, ln.stream), "copy queries");
     absl::StatusOr<dev::PagedLayerDevice> pages = UploadPages(ln, cache);
     if (!pages.ok()) return pages.status();
@@ -436,19 +414,17 @@ class CudaBackend final : public Backend {
     dev::RotateQueryParams rq{(*dp)->heads, num_kv, d, group, a.q_len, ln.in_k.as<float>(),
                               ln.rotated.as<float>()};
     ln.last_rotate = rq;
-    if (!fused) RETURN_IF_CUDA(dev::LaunchRotateQueries(rq, ln.stream), "rotate launch");
-    dev::AttendParams ap = LaunchParams(**dp, a, end, rows, ln.rotated.as<float>(), *pages, splits, per_split,
-                                        ln.partial_out.as<float>(), ln.partial_lse.as<float>());
-    if (fused) ap.fused = WholeCall(ln, 0, num_kv, rows, d, ln.in_k.as<float>(), ln.out.as<float>(), ln.lse.as<float>());
+    RETURN_IF_CUDA(dev::LaunchRotateQueries(rq, ln.stream), "rotate launch");
+    const dev::AttendParams ap = LaunchParams(**dp, a, end, rows, ln.rotated.as<float>(), *pages, splits, per_split,
+                                              ln.partial_out.as<float>(), ln.partial_lse.as<float>());
     ln.last_attend = ap;
     ln.last_attend_mma = mma;
-    ln.last_fused = fused;
     RETURN_IF_CUDA(mma ? dev::LaunchAttendMma(ap, ln.stream) : dev::LaunchAttend(ap, ln.stream), "attend launch");
     dev::MergeParams mp{(*dp)->heads, num_kv, d, group, a.q_len, static_cast<int>(splits),
                         ln.partial_out.as<float>(), ln.partial_lse.as<float>(), ln.out.as<float>(),
                         ln.lse.as<float>()};
     ln.last_merge = mp;
-    if (!fused) RETURN_IF_CUDA(dev::LaunchMerge(mp, ln.stream), "merge launch");
+    RETURN_IF_CUDA(dev::LaunchMerge(mp, ln.stream), "merge launch");
     RETURN_IF_CUDA(cudaMemcpyAsync(a.out, ln.out.ptr, q_floats * 4, cudaMemcpyDeviceToHost, ln.stream), "copy out");
     RETURN_IF_CUDA(cudaMemcpyAsync(a.lse, ln.lse.ptr, static_cast<size_t>(a.num_q_heads) * a.q_len * 4,
                                    cudaMemcpyDeviceToHost, ln.stream), "copy lse");
@@ -469,11 +445,11 @@ class CudaBackend final : public Backend {
     LaneLease lane(this);
     Lane& ln = *lane;
     if (absl::Status s = AttendOn(ln, plan, cache, warm); !s.ok()) return s;
-    auto rotate = [&] { return ln.last_fused ? cudaSuccess : dev::LaunchRotateQueries(ln.last_rotate, ln.stream); };
+    auto rotate = [&] { return dev::LaunchRotateQueries(ln.last_rotate, ln.stream); };
     auto attend = [&] {
       return ln.last_attend_mma ? dev::LaunchAttendMma(ln.last_attend, ln.stream) : dev::LaunchAttend(ln.last_attend, ln.stream);
     };
-    auto merge = [&] { return ln.last_fused ? cudaSuccess : dev::LaunchMerge(ln.last_merge, ln.stream); };
+    auto merge = [&] { return dev::LaunchMerge(ln.last_merge, ln.stream); };
     AttendKernelTimes t;
     t.num_splits = ln.last_attend.num_splits;
     t.tensor_cores = ln.last_attend_mma;

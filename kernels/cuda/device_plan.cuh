@@ -114,48 +114,13 @@ struct RotateQueryParams {
   float* rotated;        // [num_kv_heads, group * q_len, head_dim]
 };
 
-// Splits are merged in two levels of at most kMergeFanIn states: the last
-// block of each run of kMergeFanIn splits merges the run, the last run to
-// finish merges the runs (kMaxSplits <= kMergeFanIn^2).
-inline constexpr int kMergeFanIn = 32;
-static_assert(kMaxSplits <= kMergeFanIn * kMergeFanIn, "two merge levels cover every split");
-
-// What the tensor-core kernel takes over from the launches around it
-// (AttendMmaFusesCall): the merge of its splits after and, optionally, the
-// query rotation before, so that a call is one launch.
-struct FusedCall {
-  // Set: the first blocks of each KV head to start rotate these queries
-  // ([num_kv_heads * rows, head_dim], the layout of AttendParams::rotated)
-  // into `rotated`, and the head's other blocks wait for them; null: a
-  // rotation launch came before.
-  const float* queries = nullptr;
-  // The last block of each KV head to finish merges its splits and
-  // un-rotates them into these, as MergeKernel would.
-  float* merged_out = nullptr;  // [num_kv_heads * rows, head_dim]: query head, position, dimension
-  float* merged_lse = nullptr;  // [num_kv_heads * rows]
-  // [num_kv_heads][kFusedCounters] (FusedCounter): zero before a launch,
-  // and left zero by it.
-  int* counters = nullptr;
-  float* run_out = nullptr;  // [num_kv_heads, kMergeFanIn, rows, head_dim]
-  float* run_lse = nullptr;  // [num_kv_heads, kMergeFanIn, rows]
-};
-// A KV head's counters: blocks done (merge), then kMergeFanIn runs' blocks
-// done, blocks started (rotation), rows rotated.
-inline constexpr int kFusedHeadDone = 0, kFusedRunDone = 1, kFusedStarted = 1 + kMergeFanIn,
-                     kFusedRowsRotated = 2 + kMergeFanIn, kFusedCounters = 3 + kMergeFanIn;
-// Counters and run states of one item's fused call.
-inline constexpr size_t FusedCounterInts(int num_kv_heads) { return static_cast<size_t>(num_kv_heads) * kFusedCounters; }
-inline constexpr size_t MergeRunFloats(int num_kv_heads, int rows, int head_dim) {
-  return static_cast<size_t>(num_kv_heads) * kMergeFanIn * rows * (head_dim + 1);
-}
-
 struct AttendParams {
   const HeadPlanDevice* heads;
   int num_kv_heads;
   int head_dim;
   int rows;              // group * q_len; row r = g * q_len + i
   int q_len;
-  float* rotated;        // [num_kv_heads, rows, head_dim] (written by the launch itself with fused.queries)
+  const float* rotated;  // [num_kv_heads, rows, head_dim]
   int causal;
   long long causal_offset;
   float scale;
@@ -169,8 +134,6 @@ struct AttendParams {
   int table_bytes;       // tensor-core path: decode tables in shared memory, max over heads
   float* partial_out;  // [num_kv_heads, num_splits, rows, head_dim], rotated space
   float* partial_lse;  // [num_kv_heads, num_splits, rows]
-  // Set (merged_out non-null) when the launch is the whole call.
-  FusedCall fused;
 };
 
 struct MergeParams {
@@ -215,9 +178,6 @@ cudaError_t LaunchMergeBatch(const MergeParams* device_items, const AttendBatchS
 // copied with 16-byte cp.async and never straddle a page), and the tiles of
 // the widest record fit in shared memory (AttendMmaSupports).
 cudaError_t LaunchAttendMma(const AttendParams& p, cudaStream_t stream);
-// Whether the tensor-core kernel can do the whole call (p.fused): one pass
-// of query rows (at most 16).
-bool AttendMmaFusesCall(int rows);
 bool AttendMmaSupports(int head_dim, int rows, int max_record_bytes, int table_bytes);
 // Shared-memory bytes of one head's decode tables (key group widths, value width).
 int AttendMmaTableBytes(const int* key_bits, int num_groups, int value_bits);

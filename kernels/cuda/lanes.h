@@ -43,19 +43,11 @@ struct GrowingBuffer {
 using DeviceBuffer = GrowingBuffer<false>;
 using PinnedBuffer = GrowingBuffer<true>;
 
-// Ensure, with a new allocation zeroed on `stream` (for counters that the
-// kernels leave zero after each launch).
-inline cudaError_t EnsureZeroed(DeviceBuffer& b, size_t bytes, cudaStream_t stream) {
-  if (bytes <= b.size) return cudaSuccess;
-  if (const cudaError_t err = b.Ensure(bytes); err != cudaSuccess) return err;
-  return cudaMemsetAsync(b.ptr, 0, b.size, stream);
-}
-
 // The device pointers of one AttendBatch group's launches.
 struct BatchLaunch {
-  const dev::RotateQueryParams* rotate = nullptr;  // null: the attention launch rotates
+  const dev::RotateQueryParams* rotate = nullptr;
   const dev::AttendParams* attend = nullptr;
-  const dev::MergeParams* merge = nullptr;         // null: the attention launch merges
+  const dev::MergeParams* merge = nullptr;
   dev::AttendBatchShape shape{};
 };
 
@@ -66,8 +58,6 @@ struct BatchLaunch {
 struct Lane {
   cudaStream_t stream = nullptr;
   DeviceBuffer in_k, in_v, out_k, out_v, page_table, rotated, partial_out, partial_lse, out, lse, flag;
-  // A call in one attention launch: its counters and merge run states.
-  DeviceBuffer merge_counters, merge_runs;
   // AttendBatch: inputs [queries | page tables | launch parameters] and
   // outputs [out | lse], each laid out as its pinned twin (one copy each way).
   DeviceBuffer batch_in, batch_out;
@@ -80,11 +70,10 @@ struct Lane {
   bool last_attend_mma = false;
   BatchLaunch last_batch;
   dev::MergeParams last_merge = {};
-  bool last_fused = false;  // the attention launch was the whole call (no rotation or merge launch)
 
   ~Lane() {
     for (DeviceBuffer* b : {&in_k, &in_v, &out_k, &out_v, &page_table, &rotated, &partial_out, &partial_lse,
-                            &out, &lse, &flag, &merge_counters, &merge_runs, &batch_in, &batch_out}) {
+                            &out, &lse, &flag, &batch_in, &batch_out}) {
       b->Release();
     }
     pinned_in.Release();
