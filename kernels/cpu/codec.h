@@ -1,6 +1,6 @@
 // The CPU codec of one token of one KV head: the spec in code.
 //
-// Key (ALGORITHM.md section 3): x = k[permutation]; per width group g,
+// Key (planner/ALGORITHM.md section 3): x = k[permutation]; per width group g,
 // n_g = |x_g|, y_g = R_g x_g / n_g, code = nearest centroid (boundary
 // search), stored norm n'_g = n_g / |c[code_g]| in fp16 so the decoded group
 // keeps its norm. Value (section 4): the same with one head_dim rotation and

@@ -1,4 +1,4 @@
-// Encode and decode kernels. Keys follow ALGORITHM.md section 3 (permute,
+// Encode and decode kernels. Keys follow planner/ALGORITHM.md section 3 (permute,
 // per-group norm, rotate, nearest centroid, corrected fp16 norm), values
 // section 4.
 //

@@ -55,7 +55,7 @@ std::vector<float> RandomUnit(int d, std::mt19937& gen) {
 }
 
 TEST(CodecTest, MeanSquaredErrorOfUnitVectorsMatchesCodebookDistortion) {
-  // ALGORITHM.md section 3: with norm correction, at d = 128, the MSE per
+  // planner/ALGORITHM.md section 3: with norm correction, at d = 128, the MSE per
   // unit norm is within a few % of the Lloyd-Max distortion D for 2-4 bits;
   // at 1 bit the correction lifts it about 10% above D, to about 0.401.
   const int d = 128, n = 6000;

@@ -101,7 +101,7 @@ TEST(PlanTest, ByteCountMatchesFormulaForRandomAllocations) {
 }
 
 TEST(PlanTest, HeadDim128BytesPerTokenBounds) {
-  // ALGORITHM.md section 7: K3V3 <= 114 B, K2V2 <= 82 B, K4V4 <= 146 B.
+  // planner/ALGORITHM.md section 7: K3V3 <= 114 B, K2V2 <= 82 B, K4V4 <= 146 B.
   std::mt19937 gen(9);
   std::lognormal_distribution<double> score(0, 3);
   const std::vector<RopeBlock> blocks = *RopeBlocks(Geo(128));

@@ -1,6 +1,6 @@
 // Block-GTQ against uniform TQ-MSE on real activations (shared data):
-// calibrate on even sequences, measure the RoPE logit MAE (ALGORITHM.md
-// section 8) on odd ones.
+// calibrate on even sequences, measure the RoPE logit MAE
+// (planner/ALGORITHM.md section 8) on odd ones.
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
