@@ -39,6 +39,8 @@ void CausalAttention(const float* q, const float* k, const float* v, int64_t n, 
   }
 }
 
+bool IsByteAware(EvalMethod m) { return m == EvalMethod::kLogitBytes || m == EvalMethod::kKeyVarianceBytes; }
+
 planner::Budget BudgetFor(EvalMethod m, int key_bits, int value_bits) {
   if (m == EvalMethod::kUniform) return planner::UniformBudget(key_bits, value_bits);
   planner::Budget b;
@@ -57,6 +59,7 @@ const char* EvalMethodName(EvalMethod m) {
     case EvalMethod::kLogit: return "logit";
     case EvalMethod::kLogitSameBytes: return "logit-same-bytes";
     case EvalMethod::kLogitBytes: return "logit-bytes";
+    case EvalMethod::kKeyVarianceBytes: return "key-variance-bytes";
   }
   return "?";
 }
@@ -116,32 +119,111 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
     return x.data() + ((static_cast<int64_t>(layer) * heads + head) * tokens + t) * d;
   };
 
+  // Measures one profile on the test split into r (layers, means, bytes).
+  auto measure = [&](const planner::ModelProfile& prof, MethodFidelity& r) -> absl::Status {
+    r.layers.resize(g.num_layers);
+    for (int layer = 0; layer < g.num_layers; ++layer) {
+      LayerFidelity& lf = r.layers[layer];
+      double err2 = 0, ref2 = 0;
+      for (int h = 0; h < g.num_kv_heads; ++h) {
+        const planner::HeadPlan& plan = prof.layers[layer].heads[h];
+        lf.packed_bytes_per_token += plan.layout.record_bytes;
+        std::vector<uint8_t> rec(plan.layout.record_bytes);
+        // Test tokens of this head: originals and reconstructions.
+        std::vector<float> kk(report.test_tokens * d), kh(kk.size()), vv(kk.size()), vh(kk.size());
+        std::vector<float> qq(static_cast<size_t>(group) * report.test_tokens * d);
+        int64_t i = 0;
+        for (const auto& [b, e] : test) {
+          for (int64_t t = b; t < e; ++t, ++i) {
+            const float* ks = at(*k, layer, h, g.num_kv_heads, t);
+            const float* vs = at(*v, layer, h, g.num_kv_heads, t);
+            std::copy(ks, ks + d, kk.begin() + i * d);
+            std::copy(vs, vs + d, vv.begin() + i * d);
+            if (absl::Status s = EncodeKey(plan, ks, rec.data()); !s.ok()) {
+              return absl::InvalidArgumentError(absl::StrCat("k[", layer, ", ", h, ", ", t, "]: ", s.message()));
+            }
+            if (absl::Status s = EncodeValue(plan, vs, rec.data()); !s.ok()) {
+              return absl::InvalidArgumentError(absl::StrCat("v[", layer, ", ", h, ", ", t, "]: ", s.message()));
+            }
+            DecodeKey(plan, rec.data(), kh.data() + i * d);
+            DecodeValue(plan, rec.data(), vh.data() + i * d);
+            for (int gi = 0; gi < group; ++gi) {
+              const float* qs = at(*q, layer, h * group + gi, g.num_q_heads, t);
+              std::copy(qs, qs + d, qq.begin() + (gi * report.test_tokens + i) * d);
+            }
+          }
+        }
+        lf.logit_mae += planner::RopeLogitMae(*blocks, qq.data(), group, kk.data(), kh.data(),
+                                              report.test_tokens, offsets) / g.num_kv_heads;
+        // Attention within each test sequence, per query head.
+        std::vector<double> o, oh;
+        int64_t first = 0;
+        for (const auto& [b, e] : test) {
+          const int64_t n = e - b;
+          for (int gi = 0; gi < group; ++gi) {
+            const float* qs = qq.data() + (gi * report.test_tokens + first) * d;
+            CausalAttention(qs, kk.data() + first * d, vv.data() + first * d, n, d, &o);
+            CausalAttention(qs, kh.data() + first * d, vh.data() + first * d, n, d, &oh);
+            for (size_t j = 0; j < o.size(); ++j) {
+              err2 += (oh[j] - o[j]) * (oh[j] - o[j]);
+              ref2 += o[j] * o[j];
+            }
+          }
+          first += n;
+        }
+      }
+      lf.attention_error = ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
+      r.mean_logit_mae += lf.logit_mae / g.num_layers;
+      r.mean_attention_error += lf.attention_error / g.num_layers;
+    }
+    r.packed_bytes_per_token = prof.packed_bytes_per_token();
+    r.compression = static_cast<double>(prof.fp16_bytes_per_token()) / r.packed_bytes_per_token;
+    return absl::OkStatus();
+  };
+
+  // The byte-aware allocation of method m (its scores) at key_bytes per
+  // token and KV head, every head on its own.
+  auto byte_aware_profile = [&](EvalMethod m, int key_bytes,
+                                const planner::Budget& budget) -> absl::StatusOr<planner::ModelProfile> {
+    planner::PerHeadBits bits(g.num_layers);
+    for (int layer = 0; layer < g.num_layers; ++layer) {
+      for (int h = 0; h < g.num_kv_heads; ++h) {
+        absl::StatusOr<std::vector<double>> s = m == EvalMethod::kLogitBytes
+                                                    ? scores->Scores(layer, h, planner::ScoreKind::kLogit)
+                                                    : scores->KeyEnergy(layer, h);
+        if (!s.ok()) return s.status();
+        planner::ByteBudgetOptions bo;
+        bo.key_bytes = key_bytes;
+        bo.min_bits = budget.min_bits;
+        bo.max_bits = budget.max_bits;
+        bo.max_groups = options.max_groups;
+        bo.group_multiple = options.group_multiple;
+        absl::StatusOr<std::vector<int>> b = planner::AllocateBitsForBytes(*s, bo);
+        if (!b.ok()) return b.status();
+        bits[layer].push_back(*std::move(b));
+      }
+    }
+    return planner::BuildProfileFromAllocation(g, budget, bits);
+  };
+  auto mean_key_bits = [&](const planner::ModelProfile& prof) {
+    double sum = 0;
+    for (const planner::LayerPlan& l : prof.layers) {
+      for (const planner::HeadPlan& h : l.heads) sum += h.key_bits_per_dim();
+    }
+    return sum / (g.num_layers * g.num_kv_heads);
+  };
+
   for (size_t bi = 0; bi < options.key_bits.size(); ++bi) {
     std::vector<double> uniform_mae;
     for (EvalMethod m : options.methods) {
       planner::Budget budget = BudgetFor(m, options.key_bits[bi], options.value_bits[bi]);
       absl::StatusOr<planner::ModelProfile> profile = planner::BuildProfile(*scores, budget);
       if (!profile.ok()) return profile.status();
-      if (m == EvalMethod::kLogitBytes) {
+      const bool byte_aware = IsByteAware(m);
+      if (byte_aware) {
         // Per head, the byte-aware optimum at uniform's key bytes.
-        planner::PerHeadBits bits(g.num_layers);
-        const int key_bytes = planner::KeyBytesOf(std::vector<int>(g.num_blocks(), options.key_bits[bi]));
-        for (int layer = 0; layer < g.num_layers; ++layer) {
-          for (int h = 0; h < g.num_kv_heads; ++h) {
-            absl::StatusOr<std::vector<double>> s = scores->Scores(layer, h, planner::ScoreKind::kLogit);
-            if (!s.ok()) return s.status();
-            planner::ByteBudgetOptions bo;
-            bo.key_bytes = key_bytes;
-            bo.min_bits = budget.min_bits;
-            bo.max_bits = budget.max_bits;
-            bo.max_groups = options.max_groups;
-            bo.group_multiple = options.group_multiple;
-            absl::StatusOr<std::vector<int>> b = planner::AllocateBitsForBytes(*s, bo);
-            if (!b.ok()) return b.status();
-            bits[layer].push_back(*std::move(b));
-          }
-        }
-        profile = planner::BuildProfileFromAllocation(g, budget, bits);
+        profile = byte_aware_profile(m, planner::KeyBytesOf(std::vector<int>(g.num_blocks(), options.key_bits[bi])),
+                                     budget);
         if (!profile.ok()) return profile.status();
       }
       if (m == EvalMethod::kLogitSameBytes) {
@@ -158,73 +240,11 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
       }
       MethodFidelity r;
       r.key_avg_bits = budget.key_avg_bits;
-      if (m == EvalMethod::kLogitBytes) {  // what the allocation spent, on average
-        double sum = 0;
-        for (const planner::LayerPlan& l : profile->layers) {
-          for (const planner::HeadPlan& h : l.heads) sum += h.key_bits_per_dim();
-        }
-        r.key_avg_bits = sum / (g.num_layers * g.num_kv_heads);
-      }
+      if (byte_aware) r.key_avg_bits = mean_key_bits(*profile);  // what the allocation spent, on average
       r.method = m;
       r.key_bits = options.key_bits[bi];
       r.value_bits = options.value_bits[bi];
-      r.layers.resize(g.num_layers);
-      for (int layer = 0; layer < g.num_layers; ++layer) {
-        LayerFidelity& lf = r.layers[layer];
-        double err2 = 0, ref2 = 0;
-        for (int h = 0; h < g.num_kv_heads; ++h) {
-          const planner::HeadPlan& plan = profile->layers[layer].heads[h];
-          lf.packed_bytes_per_token += plan.layout.record_bytes;
-          std::vector<uint8_t> rec(plan.layout.record_bytes);
-          // Test tokens of this head: originals and reconstructions.
-          std::vector<float> kk(report.test_tokens * d), kh(kk.size()), vv(kk.size()), vh(kk.size());
-          std::vector<float> qq(static_cast<size_t>(group) * report.test_tokens * d);
-          int64_t i = 0;
-          for (const auto& [b, e] : test) {
-            for (int64_t t = b; t < e; ++t, ++i) {
-              const float* ks = at(*k, layer, h, g.num_kv_heads, t);
-              const float* vs = at(*v, layer, h, g.num_kv_heads, t);
-              std::copy(ks, ks + d, kk.begin() + i * d);
-              std::copy(vs, vs + d, vv.begin() + i * d);
-              if (absl::Status s = EncodeKey(plan, ks, rec.data()); !s.ok()) {
-                return absl::InvalidArgumentError(absl::StrCat("k[", layer, ", ", h, ", ", t, "]: ", s.message()));
-              }
-              if (absl::Status s = EncodeValue(plan, vs, rec.data()); !s.ok()) {
-                return absl::InvalidArgumentError(absl::StrCat("v[", layer, ", ", h, ", ", t, "]: ", s.message()));
-              }
-              DecodeKey(plan, rec.data(), kh.data() + i * d);
-              DecodeValue(plan, rec.data(), vh.data() + i * d);
-              for (int gi = 0; gi < group; ++gi) {
-                const float* qs = at(*q, layer, h * group + gi, g.num_q_heads, t);
-                std::copy(qs, qs + d, qq.begin() + (gi * report.test_tokens + i) * d);
-              }
-            }
-          }
-          lf.logit_mae += planner::RopeLogitMae(*blocks, qq.data(), group, kk.data(), kh.data(),
-                                                report.test_tokens, offsets) / g.num_kv_heads;
-          // Attention within each test sequence, per query head.
-          std::vector<double> o, oh;
-          int64_t first = 0;
-          for (const auto& [b, e] : test) {
-            const int64_t n = e - b;
-            for (int gi = 0; gi < group; ++gi) {
-              const float* qs = qq.data() + (gi * report.test_tokens + first) * d;
-              CausalAttention(qs, kk.data() + first * d, vv.data() + first * d, n, d, &o);
-              CausalAttention(qs, kh.data() + first * d, vh.data() + first * d, n, d, &oh);
-              for (size_t j = 0; j < o.size(); ++j) {
-                err2 += (oh[j] - o[j]) * (oh[j] - o[j]);
-                ref2 += o[j] * o[j];
-              }
-            }
-            first += n;
-          }
-        }
-        lf.attention_error = ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
-        r.mean_logit_mae += lf.logit_mae / g.num_layers;
-        r.mean_attention_error += lf.attention_error / g.num_layers;
-      }
-      r.packed_bytes_per_token = profile->packed_bytes_per_token();
-      r.compression = static_cast<double>(profile->fp16_bytes_per_token()) / r.packed_bytes_per_token;
+      if (absl::Status s = measure(*profile, r); !s.ok()) return s;
       if (m == EvalMethod::kUniform) {
         for (const LayerFidelity& lf : r.layers) uniform_mae.push_back(lf.logit_mae);
       } else if (!uniform_mae.empty()) {
@@ -232,6 +252,29 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
         for (int l = 0; l < g.num_layers; ++l) r.layers_beating_uniform += r.layers[l].logit_mae < uniform_mae[l];
       }
       report.results.push_back(std::move(r));
+    }
+  }
+
+  // Rate-distortion: uniform at its integer widths, the byte-aware methods
+  // at every budget, all with the same value width.
+  for (double kb : options.sweep_key_bits) {
+    const int key_bytes = static_cast<int>(std::ceil(d * kb / 8.0 - 1e-9)) + 2;  // uniform's formula
+    const bool integer = std::abs(kb - std::round(kb)) < 1e-9;
+    for (EvalMethod m : options.methods) {
+      if (!(IsByteAware(m) || (m == EvalMethod::kUniform && integer))) continue;
+      planner::Budget budget = BudgetFor(m, std::max(1, static_cast<int>(std::round(kb))), options.sweep_value_bits);
+      absl::StatusOr<planner::ModelProfile> profile = m == EvalMethod::kUniform
+                                                          ? planner::BuildProfile(*scores, budget)
+                                                          : byte_aware_profile(m, key_bytes, budget);
+      if (!profile.ok()) return profile.status();
+      MethodFidelity r;
+      r.method = m;
+      r.key_bits = static_cast<int>(std::round(kb));
+      r.value_bits = options.sweep_value_bits;
+      r.key_avg_bits = mean_key_bits(*profile);
+      r.key_bytes_budget = key_bytes;
+      if (absl::Status s = measure(*profile, r); !s.ok()) return s;
+      report.sweep.push_back(std::move(r));
     }
   }
   return report;
@@ -266,6 +309,19 @@ std::string EvalReportJson(const EvalReport& report) {
                              {"packed_bytes_per_token", l.packed_bytes_per_token}});
     }
     j["results"].push_back(std::move(m));
+  }
+  j["sweep"] = nlohmann::json::array();
+  for (const MethodFidelity& r : report.sweep) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const LayerFidelity& l : r.layers) layers.push_back({{"logit_mae", l.logit_mae}, {"attention_error", l.attention_error}});
+    j["sweep"].push_back({{"method", EvalMethodName(r.method)},
+                          {"key_bytes_budget", r.key_bytes_budget},
+                          {"key_avg_bits", r.key_avg_bits},
+                          {"value_bits", r.value_bits},
+                          {"mean_logit_mae", r.mean_logit_mae},
+                          {"mean_attention_error", r.mean_attention_error},
+                          {"packed_bytes_per_token", r.packed_bytes_per_token},
+                          {"layers", std::move(layers)}});
   }
   return j.dump(2);
 }

@@ -36,14 +36,20 @@ namespace ropekv::kernels {
 // larger than uniform's; kLogitBytes: the byte-aware allocation
 // (planner::AllocateBitsForBytes) at exactly uniform's key bytes, norms
 // counted.
-enum class EvalMethod { kUniform, kEnergy, kLogit, kLogitSameBytes, kLogitBytes };
-const char* EvalMethodName(EvalMethod m);  // "uniform", "energy", "logit", "logit-same-bytes", "logit-bytes"
+// kKeyVarianceBytes: the same byte-aware allocation with scores from the
+// keys' block energy alone, blind to the queries (and so to how RoPE pairs
+// each key block with a query block): the baseline that shows what query
+// awareness itself is worth at equal bytes.
+enum class EvalMethod { kUniform, kEnergy, kLogit, kLogitSameBytes, kLogitBytes, kKeyVarianceBytes };
+// "uniform", "energy", "logit", "logit-same-bytes", "logit-bytes", "key-variance-bytes"
+const char* EvalMethodName(EvalMethod m);
 
 struct EvalOptions {
   std::vector<int> key_bits = {2, 3, 4};  // budget i is (key_bits[i], value_bits[i])
   std::vector<int> value_bits = {2, 3, 4};
   std::vector<EvalMethod> methods = {EvalMethod::kUniform, EvalMethod::kEnergy, EvalMethod::kLogit,
-                                     EvalMethod::kLogitSameBytes, EvalMethod::kLogitBytes};
+                                     EvalMethod::kLogitSameBytes, EvalMethod::kLogitBytes,
+                                     EvalMethod::kKeyVarianceBytes};
   planner::SequenceSplit calibrate = planner::SequenceSplit::kEven;  // test: the other one
   // logit-bytes: at most this many key groups per head, group sizes in
   // multiples of this many dimensions (planner::ByteBudgetOptions).
@@ -51,6 +57,11 @@ struct EvalOptions {
   int group_multiple = 2;
   int num_offsets = 50;
   double max_offset = 1024;
+  // Rate-distortion sweep: key budgets in bits per dimension (key bytes
+  // ceil(d b / 8) + 2, uniform's formula), all at sweep_value_bits; uniform
+  // runs at the integer ones, the byte-aware methods at all.
+  std::vector<double> sweep_key_bits;
+  int sweep_value_bits = 3;
 };
 
 struct LayerFidelity {
@@ -70,6 +81,7 @@ struct MethodFidelity {
   int layers_beating_uniform = -1;  // on logit MAE; -1 for uniform itself
   int64_t packed_bytes_per_token = 0;  // all layers
   double compression = 0;              // fp16 K + V bytes / packed bytes
+  int key_bytes_budget = 0;            // sweep: the key bytes per token and KV head allowed
 };
 
 struct EvalReport {
@@ -79,6 +91,7 @@ struct EvalReport {
   int64_t test_tokens = 0;
   int test_sequences = 0;
   std::vector<MethodFidelity> results;  // budget-major, methods in option order
+  std::vector<MethodFidelity> sweep;    // budget-major (EvalOptions::sweep_key_bits)
 };
 
 // INVALID_ARGUMENT for a malformed file, options out of range or a split

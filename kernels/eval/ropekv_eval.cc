@@ -2,7 +2,7 @@
 // your model's activations (kernels/eval/evaluation.h says what is measured).
 //
 //   ropekv-eval --activations=acts.safetensors [--bits=2,3,4] [--calibrate=even]
-//               [--methods=uniform,energy,logit,logit-same-bytes,logit-bytes] [--json=eval.json]
+//               [--methods=uniform,energy,logit,logit-same-bytes,logit-bytes,key-variance-bytes] [--json=eval.json]
 //
 // Prints one table per budget (per-layer logit MAE and attention-output
 // error, wins against uniform, bytes per token) and writes the JSON that
@@ -25,9 +25,14 @@ ABSL_FLAG(std::string, bits, "2,3,4", "Budgets: comma-separated widths, K and V 
 ABSL_FLAG(std::string, value_bits, "", "Value widths per budget when they differ from --bits");
 ABSL_FLAG(int, max_groups, 8, "logit-bytes: most key groups (distinct widths) per head");
 ABSL_FLAG(int, group_multiple, 2, "logit-bytes: key group sizes in multiples of this many dimensions");
-ABSL_FLAG(std::string, methods, "uniform,energy,logit,logit-same-bytes,logit-bytes",
-          "Methods: uniform, energy, logit, logit-same-bytes, logit-bytes (byte-aware, at uniform's bytes)");
+ABSL_FLAG(std::string, methods, "uniform,energy,logit,logit-same-bytes,logit-bytes,key-variance-bytes",
+          "Methods: uniform, energy, logit, logit-same-bytes, logit-bytes (byte-aware, at uniform's bytes), "
+          "key-variance-bytes (the same, scored by key energy alone)");
 ABSL_FLAG(std::string, calibrate, "even", "Sequences that calibrate: even or odd (the others test)");
+ABSL_FLAG(std::string, sweep, "",
+          "Rate-distortion sweep: key budgets in bits per dimension (e.g. 1.5,2,2.5,3,3.5,4,4.5,5); uniform at the "
+          "integer ones, the byte-aware methods at all, each at uniform's key bytes for that budget");
+ABSL_FLAG(int, sweep_value_bits, 3, "Value width of every sweep point");
 ABSL_FLAG(std::string, json, "", "Where to write the JSON report (optional)");
 
 namespace {
@@ -75,6 +80,17 @@ int main(int argc, char** argv) {
     }
     options.value_bits = *vb;
   }
+  for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_sweep), ',', absl::SkipEmpty())) {
+    double b = 0;
+    if (!absl::SimpleAtod(part, &b) || !(b >= 1 && b <= 8)) {
+      return Fail(absl::InvalidArgumentError(absl::StrFormat("--sweep: expected bits per dimension in [1, 8], got '%s'", part)));
+    }
+    options.sweep_key_bits.push_back(b);
+  }
+  options.sweep_value_bits = absl::GetFlag(FLAGS_sweep_value_bits);
+  if (options.sweep_value_bits < 1 || options.sweep_value_bits > 8) {
+    return Fail(absl::InvalidArgumentError("--sweep_value_bits: expected a width 1-8"));
+  }
   options.max_groups = absl::GetFlag(FLAGS_max_groups);
   options.group_multiple = absl::GetFlag(FLAGS_group_multiple);
   options.methods.clear();
@@ -84,6 +100,7 @@ int main(int argc, char** argv) {
     else if (m == "logit") options.methods.push_back(kernels::EvalMethod::kLogit);
     else if (m == "logit-same-bytes") options.methods.push_back(kernels::EvalMethod::kLogitSameBytes);
     else if (m == "logit-bytes") options.methods.push_back(kernels::EvalMethod::kLogitBytes);
+    else if (m == "key-variance-bytes") options.methods.push_back(kernels::EvalMethod::kKeyVarianceBytes);
     else return Fail(absl::InvalidArgumentError(absl::StrFormat("--methods: unknown method '%s'", m)));
   }
   const std::string cal = absl::GetFlag(FLAGS_calibrate);
@@ -126,6 +143,15 @@ int main(int argc, char** argv) {
                      : std::string(kernels::EvalMethodName(r.method)),
                  mae,
                  r.mean_logit_mae, rel, att, r.mean_attention_error, r.packed_bytes_per_token, r.compression, wins);
+  }
+  if (!report->sweep.empty()) {
+    absl::PrintF("\nRate-distortion, V%d: key bytes allowed per token and KV head, then bytes/token (all layers), "
+                 "mean logit MAE, mean attention-output error, mean key bits per dimension\n",
+                 options.sweep_value_bits);
+    for (const kernels::MethodFidelity& r : report->sweep) {
+      absl::PrintF("%-19s %4d  %6d  %.4f  %.4f  %.2f\n", kernels::EvalMethodName(r.method), r.key_bytes_budget,
+                   r.packed_bytes_per_token, r.mean_logit_mae, r.mean_attention_error, r.key_avg_bits);
+    }
   }
   const std::string json = absl::GetFlag(FLAGS_json);
   if (!json.empty()) {
