@@ -21,12 +21,24 @@ constexpr int kMergeParts = 8;  // threads per output dimension in the merge (sp
 
 __device__ __forceinline__ void RotateQueriesBlock(const RotateQueryParams& p, const int h, const int r) {
   __shared__ float x[kMaxHeadDim];
-  const int d = p.head_dim;
+  const int tid = threadIdx.x, d = p.head_dim;
+  const HeadPlanDevice& hp = p.heads[h];
   const int rows = p.group * p.q_len;
   const int g = r / p.q_len, i = r % p.q_len;
   AllowDependentLaunch();  // the attention kernel may set up its tables meanwhile
   const float* q = p.queries + ((static_cast<long long>(h) * p.group + g) * p.q_len + i) * d;
-  RotateQueryRow(p.heads[h], d, q, p.rotated + (static_cast<long long>(h) * rows + r) * d, x);
+  for (int j = tid; j < d; j += blockDim.x) x[j] = q[hp.permutation[j]];
+  __syncthreads();
+  for (int j = tid; j < d; j += blockDim.x) {
+    const int grp = GroupOf(hp, j);
+    const int off = hp.group_offset[grp], dim = hp.group_dim[grp];
+    // Row j - off of R is column j - off of its transpose: the threads of
+    // a warp load consecutive floats.
+    const float* column = hp.rotation_t[grp] + (j - off);
+    float s = 0.0f;
+    for (int k = 0; k < dim; ++k) s = fmaf(column[static_cast<long long>(k) * dim], x[off + k], s);
+    p.rotated[(static_cast<long long>(h) * rows + r) * d + j] = s;
+  }
 }
 
 __global__ void RotateQueriesKernel(RotateQueryParams p) { RotateQueriesBlock(p, blockIdx.x, blockIdx.y); }

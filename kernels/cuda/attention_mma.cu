@@ -41,9 +41,6 @@
 
 #include "kernels/cuda/device_common.cuh"
 #include "kernels/cuda/dispatch.cuh"
-#ifndef ROPEKV_EARLY_TRIGGER
-#define ROPEKV_EARLY_TRIGGER 0
-#endif
 
 namespace ropekv::kernels::cuda {
 namespace {
@@ -456,9 +453,6 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
   // The rotated queries. (No early launch of the merge: its waiting blocks
   // would take the place of attention blocks.)
   WaitForPrerequisite();
-#if ROPEKV_EARLY_TRIGGER == 1
-  AllowDependentLaunch();
-#endif
   for (int row0 = 0; row0 < p.rows; row0 += kRowsPerPass) {
     __syncthreads();  // tables written; previous pass done with qfrag and the stages
     // Query fragments: k-step s of group g, n-tile nt, lane (r, c): row
@@ -648,9 +642,6 @@ __device__ __forceinline__ void AttendMmaBlock(const AttendParams& p, const int 
       __syncwarp();  // the stage is refilled by the next issue
     }
     CpAsyncWait<0>();
-#if ROPEKV_EARLY_TRIGGER == 2
-    if (row0 + kRowsPerPass >= p.rows) AllowDependentLaunch();
-#endif
 
     // Combine the four warps' states through shared memory (the stages
     // are free now), then write this split's rows.

@@ -156,34 +156,6 @@ __device__ __forceinline__ int GroupOf(const HeadPlanDevice& h, int slot) {
   return g;
 }
 
-// One query row into the key slots' rotated space: permuted, then each
-// key group's rotation applied (y = R u per group). Called by all threads
-// of a block (blockDim.x of them); x: shared scratch of d floats.
-__device__ __forceinline__ void RotateQueryRow(const HeadPlanDevice& hp, int d, const float* q, float* out, float* x) {
-  const int tid = threadIdx.x;
-  for (int j = tid; j < d; j += blockDim.x) x[j] = q[hp.permutation[j]];
-  __syncthreads();
-  for (int j = tid; j < d; j += blockDim.x) {
-    const int grp = GroupOf(hp, j);
-    const int off = hp.group_offset[grp], dim = hp.group_dim[grp];
-    // Row j - off of R is column j - off of its transpose: the threads of
-    // a warp load consecutive floats.
-    const float* column = hp.rotation_t[grp] + (j - off);
-    // Four partial sums, unrolled: many loads in flight instead of a chain
-    // of dim round trips to L2.
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    int k = 0;
-#pragma unroll 4
-    for (; k + 4 <= dim; k += 4) {
-#pragma unroll
-      for (int u = 0; u < 4; ++u) s[u] = fmaf(column[static_cast<long long>(k + u) * dim], x[off + k + u], s[u]);
-    }
-    for (; k < dim; ++k) s[0] = fmaf(column[static_cast<long long>(k) * dim], x[off + k], s[0]);
-    out[j] = (s[0] + s[1]) + (s[2] + s[3]);
-  }
-  __syncthreads();  // x may be reused
-}
-
 }  // namespace ropekv::kernels::cuda
 
 #endif  // ROPEKV_KERNELS_CUDA_DEVICE_COMMON_CUH_
