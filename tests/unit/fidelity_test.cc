@@ -135,7 +135,7 @@ TEST(EvaluationTest, ReportsEveryBudgetMethodAndLayer) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->test_sequences, 3);
   EXPECT_EQ(r->test_tokens, 72);
-  ASSERT_EQ(r->results.size(), 10u);  // 2 budgets x 5 methods
+  ASSERT_EQ(r->results.size(), 12u);  // 2 budgets x 6 methods
   for (const kernels::MethodFidelity& m : r->results) {
     ASSERT_EQ(m.layers.size(), 2u);
     EXPECT_EQ(m.layers_beating_uniform >= 0, m.method != kernels::EvalMethod::kUniform);
@@ -156,20 +156,59 @@ TEST(EvaluationTest, ReportsEveryBudgetMethodAndLayer) {
   // The same-bytes variant fits in uniform's record and spends fewer code
   // bits; the byte-aware one takes exactly uniform's bytes (norms counted).
   for (int b = 0; b < 2; ++b) {
-    const kernels::MethodFidelity& u = r->results[5 * b];
-    const kernels::MethodFidelity& same = r->results[5 * b + 3];
-    const kernels::MethodFidelity& bytes = r->results[5 * b + 4];
+    const kernels::MethodFidelity& u = r->results[6 * b];
+    const kernels::MethodFidelity& same = r->results[6 * b + 3];
+    const kernels::MethodFidelity& bytes = r->results[6 * b + 4];
+    const kernels::MethodFidelity& blind = r->results[6 * b + 5];
     EXPECT_LE(same.packed_bytes_per_token, u.packed_bytes_per_token);
     EXPECT_LE(same.key_avg_bits, u.key_bits);
     EXPECT_EQ(bytes.method, kernels::EvalMethod::kLogitBytes);
     EXPECT_LE(bytes.packed_bytes_per_token, u.packed_bytes_per_token);
+    EXPECT_EQ(blind.method, kernels::EvalMethod::kKeyVarianceBytes);
+    EXPECT_LE(blind.packed_bytes_per_token, u.packed_bytes_per_token);
   }
   nlohmann::json j = nlohmann::json::parse(kernels::EvalReportJson(*r));
-  EXPECT_EQ(j["results"].size(), 10u);
+  EXPECT_EQ(j["results"].size(), 12u);
   EXPECT_EQ(j["results"][1]["method"], "energy");
   EXPECT_EQ(j["results"][0]["layers"].size(), 2u);
   EXPECT_TRUE(j["results"][0]["layers"][0].contains("attention_error"));
   EXPECT_EQ(j["geometry"]["head_dim"], 16);
+}
+
+// The rate-distortion sweep: uniform only at integer budgets (and then the
+// same profile as the budget table's), the byte-aware methods at every
+// budget within its key bytes.
+TEST(EvaluationTest, SweepCoversEveryBudgetWithinItsBytes) {
+  const SafetensorsFile f = *SafetensorsFile::Parse(SyntheticFile(6));
+  kernels::EvalOptions o;
+  o.key_bits = {2};
+  o.value_bits = {2};
+  o.methods = {kernels::EvalMethod::kUniform, kernels::EvalMethod::kLogitBytes,
+               kernels::EvalMethod::kKeyVarianceBytes};
+  o.sweep_key_bits = {1.5, 2, 3.5};
+  o.sweep_value_bits = 2;
+  absl::StatusOr<kernels::EvalReport> r = kernels::EvaluateProfiles(f, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->sweep.size(), 7u);  // 2 + 3 + 2
+  const int layers = 2, kv_heads = 2, d = 16;
+  for (const kernels::MethodFidelity& m : r->sweep) {
+    const int value_bytes = d * 2 / 8 + 2;
+    EXPECT_LE(m.packed_bytes_per_token, static_cast<int64_t>(layers) * kv_heads * (m.key_bytes_budget + value_bytes));
+    EXPECT_GT(m.mean_logit_mae, 0.0);
+    if (m.method == kernels::EvalMethod::kUniform) {
+      EXPECT_EQ(m.key_bytes_budget, 2 * d / 8 + 2);
+      EXPECT_DOUBLE_EQ(m.mean_logit_mae, r->results[0].mean_logit_mae);
+      EXPECT_DOUBLE_EQ(m.mean_attention_error, r->results[0].mean_attention_error);
+    }
+  }
+  EXPECT_EQ(r->sweep[0].key_bytes_budget, 3 + 2);  // ceil(16 x 1.5 / 8) + 2
+  EXPECT_EQ(r->sweep[0].method, kernels::EvalMethod::kLogitBytes);
+  // More bytes, less error, for each byte-aware method.
+  EXPECT_GT(r->sweep[0].mean_logit_mae, r->sweep[5].mean_logit_mae);
+  EXPECT_GT(r->sweep[1].mean_logit_mae, r->sweep[6].mean_logit_mae);
+  nlohmann::json j = nlohmann::json::parse(kernels::EvalReportJson(*r));
+  EXPECT_EQ(j["sweep"].size(), 7u);
+  EXPECT_EQ(j["sweep"][1]["method"], "key-variance-bytes");
 }
 
 TEST(EvaluationTest, BadOptionsAndFilesAreClear) {
