@@ -92,13 +92,19 @@ absl::StatusOr<std::vector<int>> AllocateBitsForBytes(absl::Span<const double> s
     return absl::InvalidArgumentError(
         absl::StrCat("group_multiple: expected an even number of dimensions, got ", o.group_multiple));
   }
+  if (o.group_norm_bits < 2 || o.group_norm_bits > 16 || o.group_norm_bits % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("group_norm_bits: expected an even number of bits in [2, 16], got ", o.group_norm_bits));
+  }
   const int n = static_cast<int>(scores.size());
-  // Units of 2 bits: a block of width w costs w units, a group's norm 8.
-  // b bytes allow code bits <= 8 (b - 2 G), i.e. units + 8 G <= 4 b.
+  // Units of 2 bits: a block of width w costs w units, the first group's
+  // norm 8 and every further group's group_norm_bits / 2. b bytes allow
+  // units <= 4 b (with fp16 norms: code bits <= 8 (b - 2 G)).
   if (o.key_bytes < 0 || o.key_bytes > (1 << 20)) {
     return absl::InvalidArgumentError(absl::StrCat("key_bytes: expected [0, 2^20], got ", o.key_bytes));
   }
   const int budget = 4 * o.key_bytes;
+  const int norm_units = o.group_norm_bits / 2;  // a further group's norm
   if (budget < n * o.min_bits + 8) {
     return absl::InvalidArgumentError(absl::StrCat("key_bytes: expected at least ", (n * o.min_bits * 2 + 7) / 8 + 2,
                                                    " (min_bits everywhere, one group), got ", o.key_bytes));
@@ -139,9 +145,9 @@ absl::StatusOr<std::vector<int>> AllocateBitsForBytes(absl::Span<const double> s
           int best_w = w;
           // Or a new, narrower group after a wider width, with its norm.
           const int gp = capped ? g - 1 : g;
-          if (may_change && gp >= 0 && u >= bits + 8) {
+          if (may_change && gp >= 0 && u >= bits + norm_units) {
             for (int wp = w + 1; wp < widths; ++wp) {
-              const double v = f[at(wp, gp, u - bits - 8)];
+              const double v = f[at(wp, gp, u - bits - norm_units)];
               if (v < best) {
                 best = v;
                 best_w = wp;
@@ -182,7 +188,7 @@ absl::StatusOr<std::vector<int>> AllocateBitsForBytes(absl::Span<const double> s
     const int prev = choice[static_cast<size_t>(i) * layer + at(bw, bg, bu)];
     bu -= o.min_bits + bw;
     if (prev != bw) {
-      bu -= 8;
+      bu -= norm_units;
       if (capped) --bg;
     }
     bw = prev;

@@ -54,6 +54,11 @@ struct ByteBudgetOptions {
   // Group sizes in dimensions are multiples of this (even; the narrowest
   // group takes what is left).
   int group_multiple = 2;
+  // Bits charged for the norm of every key group after the first (whose
+  // fp16 norm always costs 16): 16 for today's records; fewer models a
+  // record whose other group norms are coded relative to one fp16 norm
+  // (ropekv-eval --group_norm_bits). Even, 2-16.
+  int group_norm_bits = 16;
 };
 
 // Widths per block minimising the estimated logit error sum_i s_i 4^(-b_i)

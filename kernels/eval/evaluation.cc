@@ -8,6 +8,7 @@
 #include "planner/allocator.h"
 #include "nlohmann/json.hpp"
 #include "planner/fidelity.h"
+#include "planner/half.h"
 
 namespace ropekv::kernels {
 namespace {
@@ -36,6 +37,45 @@ void CausalAttention(const float* q, const float* k, const float* v, int64_t n, 
       const double p = w[u] / sum;
       for (int j = 0; j < d; ++j) o[j] += p * v[u * d + j];
     }
+  }
+}
+
+// Bytes of a head's record when every key group's norm after the widest
+// group's is coded in norm_bits relative to it (16: the record as stored).
+int64_t RecordBytesWithNorms(const planner::HeadPlan& h, int norm_bits) {
+  const planner::TokenLayout& l = h.layout;
+  const int groups = static_cast<int>(h.key_groups.size());
+  const int stored = (l.key_code_bits + 7) / 8 + 2 * groups;
+  const int coded = (l.key_code_bits + 16 + (groups - 1) * norm_bits + 7) / 8;
+  return l.record_bytes - stored + coded;
+}
+
+// Models cheaper group norms on an encoded record: the widest group keeps
+// its fp16 norm, every other group's becomes that norm times 2^(c s), c a
+// norm_bits-bit code (one code reserved for a zero norm) and s = 16 /
+// 2^norm_bits octaves, so ratios within +-8 octaves keep a relative error
+// of at most 2^(s/2) - 1.
+void CodeNormsRelative(const planner::HeadPlan& h, int norm_bits, uint8_t* record) {
+  const int groups = static_cast<int>(h.key_groups.size());
+  if (groups < 2 || norm_bits >= 16) return;
+  uint8_t* norms = record + h.layout.key_norms_offset;
+  auto get = [&](int g) { return planner::HalfToFloat(static_cast<uint16_t>(norms[2 * g] | (norms[2 * g + 1] << 8))); };
+  auto put = [&](int g, float x) {
+    const uint16_t v = planner::FloatToHalf(x);
+    norms[2 * g] = static_cast<uint8_t>(v & 0xFF);
+    norms[2 * g + 1] = static_cast<uint8_t>(v >> 8);
+  };
+  const float ref = get(groups - 1);
+  const double step = 16.0 / (1 << norm_bits);
+  const int top = (1 << (norm_bits - 1)) - 1;
+  for (int g = 0; g + 1 < groups; ++g) {
+    const float n = get(g);
+    if (n == 0.0f || ref == 0.0f) {
+      put(g, ref == 0.0f ? n : 0.0f);  // the reserved code, or no reference to code against
+      continue;
+    }
+    const double c = std::clamp(std::round(std::log2(static_cast<double>(n) / ref) / step), -double(top), double(top));
+    put(g, static_cast<float>(ref * std::exp2(c * step)));
   }
 }
 
@@ -120,14 +160,16 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
   };
 
   // Measures one profile on the test split into r (layers, means, bytes).
-  auto measure = [&](const planner::ModelProfile& prof, MethodFidelity& r) -> absl::Status {
+  // norm_bits < 16: the group norms after the widest are coded relative to
+  // it (CodeNormsRelative) and the bytes counted so.
+  auto measure = [&](const planner::ModelProfile& prof, int norm_bits, MethodFidelity& r) -> absl::Status {
     r.layers.resize(g.num_layers);
     for (int layer = 0; layer < g.num_layers; ++layer) {
       LayerFidelity& lf = r.layers[layer];
       double err2 = 0, ref2 = 0;
       for (int h = 0; h < g.num_kv_heads; ++h) {
         const planner::HeadPlan& plan = prof.layers[layer].heads[h];
-        lf.packed_bytes_per_token += plan.layout.record_bytes;
+        lf.packed_bytes_per_token += RecordBytesWithNorms(plan, norm_bits);
         std::vector<uint8_t> rec(plan.layout.record_bytes);
         // Test tokens of this head: originals and reconstructions.
         std::vector<float> kk(report.test_tokens * d), kh(kk.size()), vv(kk.size()), vh(kk.size());
@@ -145,6 +187,7 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
             if (absl::Status s = EncodeValue(plan, vs, rec.data()); !s.ok()) {
               return absl::InvalidArgumentError(absl::StrCat("v[", layer, ", ", h, ", ", t, "]: ", s.message()));
             }
+            CodeNormsRelative(plan, norm_bits, rec.data());
             DecodeKey(plan, rec.data(), kh.data() + i * d);
             DecodeValue(plan, rec.data(), vh.data() + i * d);
             for (int gi = 0; gi < group; ++gi) {
@@ -176,7 +219,8 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
       r.mean_logit_mae += lf.logit_mae / g.num_layers;
       r.mean_attention_error += lf.attention_error / g.num_layers;
     }
-    r.packed_bytes_per_token = prof.packed_bytes_per_token();
+    r.packed_bytes_per_token = 0;
+    for (const LayerFidelity& lf : r.layers) r.packed_bytes_per_token += lf.packed_bytes_per_token;
     r.compression = static_cast<double>(prof.fp16_bytes_per_token()) / r.packed_bytes_per_token;
     return absl::OkStatus();
   };
@@ -198,6 +242,7 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
         bo.max_bits = budget.max_bits;
         bo.max_groups = options.max_groups;
         bo.group_multiple = options.group_multiple;
+        bo.group_norm_bits = options.group_norm_bits;
         absl::StatusOr<std::vector<int>> b = planner::AllocateBitsForBytes(*s, bo);
         if (!b.ok()) return b.status();
         bits[layer].push_back(*std::move(b));
@@ -244,7 +289,7 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
       r.method = m;
       r.key_bits = options.key_bits[bi];
       r.value_bits = options.value_bits[bi];
-      if (absl::Status s = measure(*profile, r); !s.ok()) return s;
+      if (absl::Status s = measure(*profile, byte_aware ? options.group_norm_bits : 16, r); !s.ok()) return s;
       if (m == EvalMethod::kUniform) {
         for (const LayerFidelity& lf : r.layers) uniform_mae.push_back(lf.logit_mae);
       } else if (!uniform_mae.empty()) {
@@ -273,7 +318,7 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
       r.value_bits = options.sweep_value_bits;
       r.key_avg_bits = mean_key_bits(*profile);
       r.key_bytes_budget = key_bytes;
-      if (absl::Status s = measure(*profile, r); !s.ok()) return s;
+      if (absl::Status s = measure(*profile, IsByteAware(m) ? options.group_norm_bits : 16, r); !s.ok()) return s;
       report.sweep.push_back(std::move(r));
     }
   }

@@ -55,6 +55,11 @@ struct EvalOptions {
   // multiples of this many dimensions (planner::ByteBudgetOptions).
   int max_groups = 8;
   int group_multiple = 2;
+  // Byte-aware methods: bits of each key group norm after the widest
+  // group's (16: fp16, the records as stored; fewer: those norms coded
+  // relative to the widest's, a model of a cheaper record, with the bytes
+  // and the allocation counting them so).
+  int group_norm_bits = 16;
   int num_offsets = 50;
   double max_offset = 1024;
   // Rate-distortion sweep: key budgets in bits per dimension (key bytes

@@ -33,6 +33,9 @@ ABSL_FLAG(std::string, sweep, "",
           "Rate-distortion sweep: key budgets in bits per dimension (e.g. 1.5,2,2.5,3,3.5,4,4.5,5); uniform at the "
           "integer ones, the byte-aware methods at all, each at uniform's key bytes for that budget");
 ABSL_FLAG(int, sweep_value_bits, 3, "Value width of every sweep point");
+ABSL_FLAG(int, group_norm_bits, 16,
+          "Byte-aware methods: bits per key group norm after the widest group's (16: fp16 as stored; fewer: "
+          "coded relative to it, a model of cheaper norms)");
 ABSL_FLAG(std::string, json, "", "Where to write the JSON report (optional)");
 
 namespace {
@@ -91,6 +94,7 @@ int main(int argc, char** argv) {
   if (options.sweep_value_bits < 1 || options.sweep_value_bits > 8) {
     return Fail(absl::InvalidArgumentError("--sweep_value_bits: expected a width 1-8"));
   }
+  options.group_norm_bits = absl::GetFlag(FLAGS_group_norm_bits);
   options.max_groups = absl::GetFlag(FLAGS_max_groups);
   options.group_multiple = absl::GetFlag(FLAGS_group_multiple);
   options.methods.clear();

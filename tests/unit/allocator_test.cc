@@ -165,6 +165,14 @@ double EstimatedError(absl::Span<const double> s, absl::Span<const int> b) {
 
 int Groups(absl::Span<const int> b) { return static_cast<int>(std::set<int>(b.begin(), b.end()).size()); }
 
+// Key bytes with the first group's norm in fp16 and every further group's
+// in norm_bits: ceil((code bits + 16 + (G - 1) norm_bits) / 8).
+int KeyBytesWithNorms(absl::Span<const int> b, int norm_bits) {
+  int code = 0;
+  for (int x : b) code += 2 * x;
+  return (code + 16 + (Groups(b) - 1) * norm_bits + 7) / 8;
+}
+
 // Every group's size in dimensions a multiple of `m`, but for the
 // narrowest, which takes the rest.
 bool GroupSizesOk(absl::Span<const int> b, int m) {
@@ -191,11 +199,14 @@ TEST(ByteBudgetTest, MatchesBruteForceOnSmallHeads) {
     o.max_groups = trial % 3 == 0 ? 2 : 8;
     o.group_multiple = trial % 5 == 0 ? 4 : 2;
     o.key_bytes = 3 + trial % 5;
+    const int norm_bits[] = {16, 6, 2, 10};
+    o.group_norm_bits = norm_bits[(trial / 7) % 4];
     // Brute force over every width vector.
     double best = std::numeric_limits<double>::infinity();
     std::vector<int> b(n, o.min_bits);
     for (;;) {
-      if (KeyBytesOf(b) <= o.key_bytes && Groups(b) <= o.max_groups && GroupSizesOk(b, o.group_multiple)) {
+      if (KeyBytesWithNorms(b, o.group_norm_bits) <= o.key_bytes && Groups(b) <= o.max_groups &&
+          GroupSizesOk(b, o.group_multiple)) {
         best = std::min(best, EstimatedError(s, b));
       }
       int k = 0;
@@ -209,7 +220,7 @@ TEST(ByteBudgetTest, MatchesBruteForceOnSmallHeads) {
       continue;
     }
     ASSERT_TRUE(got.ok()) << "trial " << trial << ": " << got.status();
-    EXPECT_LE(KeyBytesOf(*got), o.key_bytes) << "trial " << trial;
+    EXPECT_LE(KeyBytesWithNorms(*got, o.group_norm_bits), o.key_bytes) << "trial " << trial;
     EXPECT_LE(Groups(*got), o.max_groups) << "trial " << trial;
     EXPECT_TRUE(GroupSizesOk(*got, o.group_multiple)) << "trial " << trial;
     EXPECT_NEAR(EstimatedError(s, *got), best, 1e-12 * (1 + best)) << "trial " << trial;
@@ -249,6 +260,13 @@ TEST(ByteBudgetTest, BadOptionsAreRefused) {
   o.group_multiple = 2;
   o.max_groups = 0;
   EXPECT_EQ(AllocateBitsForBytes(s, o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.max_groups = 8;
+  for (int bad : {0, 7, 18}) {
+    o.group_norm_bits = bad;
+    absl::Status st = AllocateBitsForBytes(s, o).status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(st.message().find("group_norm_bits"), std::string::npos) << st;
+  }
 }
 
 }  // namespace
