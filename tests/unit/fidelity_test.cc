@@ -211,6 +211,30 @@ TEST(EvaluationTest, SweepCoversEveryBudgetWithinItsBytes) {
   EXPECT_EQ(j["sweep"][1]["method"], "key-variance-bytes");
 }
 
+// Modelled cheaper norms: the byte-aware allocation still fits uniform's
+// bytes, counted with the cheaper norms; uniform (one group) is untouched;
+// an odd norm width is refused by name.
+TEST(EvaluationTest, CheaperGroupNormsStayWithinUniformBytes) {
+  const SafetensorsFile f = *SafetensorsFile::Parse(SyntheticFile(6));
+  kernels::EvalOptions o;
+  o.key_bits = {3};
+  o.value_bits = {3};
+  o.methods = {kernels::EvalMethod::kUniform, kernels::EvalMethod::kLogitBytes};
+  absl::StatusOr<kernels::EvalReport> fp16 = kernels::EvaluateProfiles(f, o);
+  ASSERT_TRUE(fp16.ok()) << fp16.status();
+  o.group_norm_bits = 8;
+  absl::StatusOr<kernels::EvalReport> cheap = kernels::EvaluateProfiles(f, o);
+  ASSERT_TRUE(cheap.ok()) << cheap.status();
+  EXPECT_DOUBLE_EQ(cheap->results[0].mean_logit_mae, fp16->results[0].mean_logit_mae);
+  EXPECT_EQ(cheap->results[0].packed_bytes_per_token, fp16->results[0].packed_bytes_per_token);
+  EXPECT_LE(cheap->results[1].packed_bytes_per_token, cheap->results[0].packed_bytes_per_token);
+  EXPECT_GT(cheap->results[1].mean_logit_mae, 0.0);
+  o.group_norm_bits = 7;
+  absl::Status s = kernels::EvaluateProfiles(f, o).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("group_norm_bits"), std::string::npos) << s;
+}
+
 TEST(EvaluationTest, BadOptionsAndFilesAreClear) {
   const SafetensorsFile f = *SafetensorsFile::Parse(SyntheticFile(4));
   kernels::EvalOptions o;
