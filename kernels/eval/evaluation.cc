@@ -325,6 +325,30 @@ absl::StatusOr<EvalReport> EvaluateProfiles(const planner::SafetensorsFile& file
   return report;
 }
 
+namespace {
+
+// One method's figures, means and per layer, as the report's JSON holds them.
+nlohmann::json MethodJson(const MethodFidelity& r) {
+  nlohmann::json m = {{"method", EvalMethodName(r.method)},
+                      {"key_bits", r.key_bits},
+                      {"key_avg_bits", r.key_avg_bits},
+                      {"value_bits", r.value_bits},
+                      {"mean_logit_mae", r.mean_logit_mae},
+                      {"mean_attention_error", r.mean_attention_error},
+                      {"packed_bytes_per_token", r.packed_bytes_per_token},
+                      {"compression", r.compression}};
+  if (r.layers_beating_uniform >= 0) m["layers_beating_uniform"] = r.layers_beating_uniform;
+  m["layers"] = nlohmann::json::array();
+  for (const LayerFidelity& l : r.layers) {
+    m["layers"].push_back({{"logit_mae", l.logit_mae},
+                           {"attention_error", l.attention_error},
+                           {"packed_bytes_per_token", l.packed_bytes_per_token}});
+  }
+  return m;
+}
+
+}  // namespace
+
 std::string EvalReportJson(const EvalReport& report) {
   nlohmann::json j;
   const planner::ModelGeometry& g = report.geometry;
@@ -337,36 +361,12 @@ std::string EvalReportJson(const EvalReport& report) {
   j["test_tokens"] = report.test_tokens;
   j["test_sequences"] = report.test_sequences;
   j["results"] = nlohmann::json::array();
-  for (const MethodFidelity& r : report.results) {
-    nlohmann::json m = {{"method", EvalMethodName(r.method)},
-                        {"key_bits", r.key_bits},
-                        {"key_avg_bits", r.key_avg_bits},
-                        {"value_bits", r.value_bits},
-                        {"mean_logit_mae", r.mean_logit_mae},
-                        {"mean_attention_error", r.mean_attention_error},
-                        {"packed_bytes_per_token", r.packed_bytes_per_token},
-                        {"compression", r.compression}};
-    if (r.layers_beating_uniform >= 0) m["layers_beating_uniform"] = r.layers_beating_uniform;
-    m["layers"] = nlohmann::json::array();
-    for (const LayerFidelity& l : r.layers) {
-      m["layers"].push_back({{"logit_mae", l.logit_mae},
-                             {"attention_error", l.attention_error},
-                             {"packed_bytes_per_token", l.packed_bytes_per_token}});
-    }
-    j["results"].push_back(std::move(m));
-  }
+  for (const MethodFidelity& r : report.results) j["results"].push_back(MethodJson(r));
   j["sweep"] = nlohmann::json::array();
   for (const MethodFidelity& r : report.sweep) {
-    nlohmann::json layers = nlohmann::json::array();
-    for (const LayerFidelity& l : r.layers) layers.push_back({{"logit_mae", l.logit_mae}, {"attention_error", l.attention_error}});
-    j["sweep"].push_back({{"method", EvalMethodName(r.method)},
-                          {"key_bytes_budget", r.key_bytes_budget},
-                          {"key_avg_bits", r.key_avg_bits},
-                          {"value_bits", r.value_bits},
-                          {"mean_logit_mae", r.mean_logit_mae},
-                          {"mean_attention_error", r.mean_attention_error},
-                          {"packed_bytes_per_token", r.packed_bytes_per_token},
-                          {"layers", std::move(layers)}});
+    nlohmann::json m = MethodJson(r);
+    m["key_bytes_budget"] = r.key_bytes_budget;
+    j["sweep"].push_back(std::move(m));
   }
   return j.dump(2);
 }
