@@ -187,6 +187,17 @@ int AttendMmaTableBytes(const int* key_bits, int num_groups, int value_bits);
 void AttendMmaTableImage(const int* key_bits, const float* const* key_centroids, int num_groups, int value_bits,
                          const float* value_centroids, unsigned char* image, int* offsets);
 
+// Tensor-core attention over pages in the fragment layout
+// (fragment_layout.cuh, attention_fragment.cu): the same outputs as
+// LaunchAttendMma for plans that FragmentLayoutSupports, whose pages were
+// written in that layout.
+bool FragmentLayoutSupports(int head_dim, const int* group_bits, const int* group_dim, int num_groups,
+                            int value_bits, int page_tokens);
+bool AttendFragmentSupports(int head_dim, int rows, int max_record_bytes);
+cudaError_t LaunchAttendFragment(const AttendParams& p, cudaStream_t stream);
+cudaError_t LaunchAttendFragmentBatch(const AttendParams* device_items, const AttendBatchShape& shape,
+                                      cudaStream_t stream);
+
 cudaError_t LaunchMerge(const MergeParams& p, cudaStream_t stream);
 
 }  // namespace ropekv::kernels::cuda
